@@ -1,0 +1,3 @@
+from sae_lens_jumprelu.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""``JumpReLUSTETrainingSAEConfig``: SAELens's JumpReLU training config plus what the paper needs.
+
+Every inherited field keeps SAELens's meaning; the additions are documented once, under each field.
+Units: with ``normalize_to_unit_mean_square`` on (the default), thresholds, bandwidth and losses
+are in the paper's units, where the training activations have E||x||^2 = 1.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sae_lens import JumpReLUTrainingSAEConfig
+from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
+from sae_lens.saes.sae import SAEConfig
+from typing_extensions import override
+
+from sae_lens_jumprelu.sparsity import PENALTIES
+from sae_lens_jumprelu.ste import KERNELS, KernelName
+
+ARCHITECTURE = "jumprelu_ste"
+
+
+@dataclass
+class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
+    """Training config of a JumpReLU SAE trained with straight-through estimators of the L0.
+
+    Setting ``target_l0`` with the ``step`` or ``tanh`` penalty turns on target mode: the
+    coefficient starts at ``l0_coefficient`` and is adapted every step until the L0 settles at
+    ``target_l0`` (with ``quadratic``, ``target_l0`` is the centre of the penalty, as in SAELens).
+    """
+
+    jumprelu_init_threshold: float = 0.001
+    jumprelu_bandwidth: float = 0.001
+    l0_coefficient: float = 1e-3
+
+    jumprelu_kernel: KernelName = "rectangle"
+    """Kernel of the pseudo-derivatives: ``rectangle`` (the paper's) or ``triangle``."""
+
+    threshold_parametrization: Literal["linear", "log"] = "linear"
+    """Train theta itself (``linear``) or log(theta) (``log``, the paper's); log moves theta by
+    only ~theta*lr per Adam step, which freezes short runs (SAELens #494)."""
+
+    threshold_lr_scale: float = 1.0
+    """Effective learning rate of the threshold parameter relative to the trainer's lr (exact for
+    Adam: the parameter is stored divided by this factor)."""
+
+    normalize_to_unit_mean_square: bool = True
+    """Scale inputs by one scalar so that E||x||^2 = 1 (paper, section 5), estimated on the first
+    training batch, kept with checkpoints and folded into the saved weights."""
+
+    init_b_dec_to_mean: bool = False
+    """Start b_dec at the first batch's mean (and shift b_enc to match); a zero b_dec moves only
+    ~lr per step while the mean carries most of E||x||^2 in LM residual streams."""
+
+    decoder_unit_norm: bool = False
+    """Keep decoder rows at unit norm: the gradient component parallel to each row is removed
+    before the optimizer step and the rows are renormalised after it (paper, appendix)."""
+
+    max_grad_norm: float | None = None
+    """Global gradient-norm clip applied instead of SAELens's hard-coded 1.0; None: no clipping."""
+
+    target_l0_rate: float = 0.01
+    """Integral gain of target mode: log(lambda) moves by at most this much per step."""
+
+    target_l0_gain: float = 1.0
+    """Proportional gain of target mode: log(lambda) += gain * clamp(log(L0 / target_l0), -1, 1)."""
+
+    check_finite: bool = True
+    """Stop with an error naming the step when an activation batch holds NaN or Inf."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        # Saved SAEs are SAELens's plain "jumprelu": loadable without this package.
+        return JumpReLUSAEConfig
+
+    @property
+    def target_mode(self) -> bool:
+        """True when the coefficient is adapted to reach ``target_l0``."""
+        return self.target_l0 is not None and self.jumprelu_sparsity_loss_mode != "quadratic"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _validate(self)
+
+
+def _validate(cfg: JumpReLUSTETrainingSAEConfig) -> None:
+    def fail(field: str, problem: str) -> None:
+        raise ValueError(f"JumpReLUSTETrainingSAEConfig.{field} {problem}")
+
+    if cfg.d_in <= 0 or cfg.d_sae <= 0:
+        fail("d_in/d_sae", f"must be positive, got d_in={cfg.d_in}, d_sae={cfg.d_sae}")
+    if cfg.jumprelu_sparsity_loss_mode not in PENALTIES:
+        fail(
+            "jumprelu_sparsity_loss_mode",
+            f"must be one of {sorted(PENALTIES)}, got {cfg.jumprelu_sparsity_loss_mode!r}",
+        )
+    if cfg.jumprelu_kernel not in KERNELS:
+        fail("jumprelu_kernel", f"must be one of {sorted(KERNELS)}, got {cfg.jumprelu_kernel!r}")
+    if cfg.threshold_parametrization not in ("linear", "log"):
+        fail(
+            "threshold_parametrization",
+            f"must be 'linear' or 'log', got {cfg.threshold_parametrization!r}",
+        )
+    if not cfg.jumprelu_bandwidth > 0:
+        fail("jumprelu_bandwidth", f"must be > 0, got {cfg.jumprelu_bandwidth}")
+    lowest = 0.0 if cfg.threshold_parametrization == "linear" else 1e-30
+    if not cfg.jumprelu_init_threshold >= lowest:
+        fail(
+            "jumprelu_init_threshold",
+            f"must be >= 0 (> 0 with log parametrization), got {cfg.jumprelu_init_threshold}",
+        )
+    if cfg.target_l0 is not None and not 0 < cfg.target_l0 <= cfg.d_sae:
+        fail("target_l0", f"must be in (0, d_sae={cfg.d_sae}], got {cfg.target_l0}")
+    if cfg.jumprelu_sparsity_loss_mode == "quadratic" and cfg.target_l0 is None:
+        fail("target_l0", "must be set for the quadratic sparsity penalty")
+    if not cfg.l0_coefficient >= 0 or (cfg.target_mode and cfg.l0_coefficient == 0):
+        fail("l0_coefficient", f"must be >= 0 (> 0 in target mode), got {cfg.l0_coefficient}")
+    if not cfg.threshold_lr_scale > 0:
+        fail("threshold_lr_scale", f"must be > 0, got {cfg.threshold_lr_scale}")
+    if cfg.max_grad_norm is not None and not cfg.max_grad_norm > 0:
+        fail("max_grad_norm", f"must be None or > 0, got {cfg.max_grad_norm}")
+    if not cfg.target_l0_rate > 0:
+        fail("target_l0_rate", f"must be > 0, got {cfg.target_l0_rate}")
+    if not cfg.target_l0_gain >= 0:
+        fail("target_l0_gain", f"must be >= 0, got {cfg.target_l0_gain}")
+    if cfg.l0_warm_up_steps < 0:
+        fail("l0_warm_up_steps", f"must be >= 0, got {cfg.l0_warm_up_steps}")

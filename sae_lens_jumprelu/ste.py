@@ -1,0 +1,129 @@
+"""Straight-through estimators (STEs) for JumpReLU and the Heaviside step.
+
+Rajamanoharan et al. 2024 ("Jumping Ahead", section 4): the forward pass is exact; the backward
+pass replaces the zero/undefined derivative of the jump at ``z == theta`` with a kernel density
+estimate of width ``bandwidth`` (eps):
+
+    d/dtheta JumpReLU_theta(z) = -(theta / eps) * K((z - theta) / eps)
+    d/dtheta H(z - theta)      = -(1 / eps)     * K((z - theta) / eps)
+    d/dz     JumpReLU_theta(z) = H(z - theta)
+    d/dz     H(z - theta)      = 0
+
+``ste_to_input=True`` also sends the kernel term to ``z`` (its negation, since both functions
+depend on ``z - theta`` at the jump), as in Anthropic's January 2025 update.
+
+Unlike SAELens's ``Step``/``JumpReLU`` these accept any number of leading dimensions, keep the
+threshold and its gradient in float32 whatever the activation dtype (a bf16 sum over a 4096-token
+batch loses the small kernel counts), and take the kernel by name.
+"""
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+KernelName = Literal["rectangle", "triangle"]
+
+
+def rectangle_kernel(u: Tensor) -> Tensor:
+    """The paper's kernel, ``K(u) = 1[|u| < 1/2]`` (integrates to 1)."""
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+def triangle_kernel(u: Tensor) -> Tensor:
+    """``K(u) = max(0, 1 - |u|)``: a smoother estimate with the same integral."""
+    return (1.0 - u.abs()).clamp(min=0.0)
+
+
+KERNELS: dict[str, Callable[[Tensor], Tensor]] = {
+    "rectangle": rectangle_kernel,
+    "triangle": triangle_kernel,
+}
+
+
+def _kernel_window(
+    z: Tensor, threshold: Tensor, bandwidth: float, kernel: str
+) -> Tensor:
+    """``K((z - theta) / eps) / eps`` in float32, shaped like ``z``."""
+    u = (z.float() - threshold) / bandwidth
+    return KERNELS[kernel](u) / bandwidth
+
+
+def _sum_leading(t: Tensor) -> Tensor:
+    """Sum over every dimension but the last, accumulating in float32."""
+    return t.reshape(-1, t.shape[-1]).sum(dim=0, dtype=torch.float32)
+
+
+class HeavisideSTE(torch.autograd.Function):
+    """``H(z - theta)``; estimator: d/dtheta = -(1/eps) K((z - theta)/eps), d/dz = 0 (paper eq. 11)."""
+
+    @staticmethod
+    def forward(
+        z: Tensor, threshold: Tensor, bandwidth: float, kernel: str, ste_to_input: bool
+    ) -> Tensor:
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        z, threshold, bandwidth, kernel, ste_to_input = inputs
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth, ctx.kernel, ctx.ste_to_input = bandwidth, kernel, ste_to_input
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor, None, None, None]:
+        z, threshold = ctx.saved_tensors
+        window = _kernel_window(z, threshold, ctx.bandwidth, ctx.kernel) * grad_out.float()
+        grad_threshold = -_sum_leading(window).to(threshold.dtype)
+        grad_z = window.to(z.dtype) if ctx.ste_to_input else None
+        return grad_z, grad_threshold, None, None, None
+
+
+class JumpReLUSTE(torch.autograd.Function):
+    """``z * H(z - theta)``; estimator: d/dtheta = -(theta/eps) K((z - theta)/eps), d/dz = H (eq. 10)."""
+
+    @staticmethod
+    def forward(
+        z: Tensor, threshold: Tensor, bandwidth: float, kernel: str, ste_to_input: bool
+    ) -> Tensor:
+        return z * (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        z, threshold, bandwidth, kernel, ste_to_input = inputs
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth, ctx.kernel, ctx.ste_to_input = bandwidth, kernel, ste_to_input
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
+        z, threshold = ctx.saved_tensors
+        window = _kernel_window(z, threshold, ctx.bandwidth, ctx.kernel) * grad_out.float()
+        jump = threshold * window  # the jump's height is theta
+        grad_threshold = -_sum_leading(jump).to(threshold.dtype)
+        grad_z = (z > threshold).to(grad_out.dtype) * grad_out
+        if ctx.ste_to_input:
+            grad_z = grad_z + jump.to(grad_z.dtype)
+        return grad_z, grad_threshold, None, None, None
+
+
+def jumprelu(
+    z: Float[Tensor, "*batch d_sae"],
+    threshold: Float[Tensor, " d_sae"],
+    bandwidth: float,
+    kernel: KernelName = "rectangle",
+    ste_to_input: bool = False,
+) -> Float[Tensor, "*batch d_sae"]:
+    """JumpReLU with the paper's pseudo-derivatives; ``threshold`` should be float32."""
+    return JumpReLUSTE.apply(z, threshold, bandwidth, kernel, ste_to_input)  # type: ignore[no-any-return]
+
+
+def heaviside(
+    z: Float[Tensor, "*batch d_sae"],
+    threshold: Float[Tensor, " d_sae"],
+    bandwidth: float,
+    kernel: KernelName = "rectangle",
+    ste_to_input: bool = False,
+) -> Float[Tensor, "*batch d_sae"]:
+    """``H(z - threshold)`` with the paper's pseudo-derivatives; summed over latents it is the L0."""
+    return HeavisideSTE.apply(z, threshold, bandwidth, kernel, ste_to_input)  # type: ignore[no-any-return]

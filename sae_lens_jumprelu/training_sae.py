@@ -1,0 +1,305 @@
+"""``JumpReLUSTETrainingSAE``: the "jumprelu_ste" training architecture registered with SAELens.
+
+It trains inside SAELens's ``SAETrainer`` (and so ``LanguageModelSAETrainingRunner``) and saves as
+SAELens's plain ``"jumprelu"`` inference SAE: normalisation folded in, thresholds in float32.
+"""
+
+import math
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.jumprelu_sae import calculate_pre_act_loss
+from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
+from torch import Tensor, nn
+from typing_extensions import override
+
+from sae_lens_jumprelu.config import JumpReLUSTETrainingSAEConfig
+from sae_lens_jumprelu.grad_control import GradientGuard
+from sae_lens_jumprelu.sparsity import PENALTIES, PenaltyInputs, TargetL0Controller
+from sae_lens_jumprelu.ste import jumprelu
+
+# Kept in float32 whatever the SAE dtype: Adam's ~lr-sized steps round away in bfloat16.
+_FLOAT32_STATE = ("threshold_raw", "input_scale", "log_l0_coefficient")
+# Training state that the inference "jumprelu" SAE does not have.
+_TRAINING_ONLY_STATE = ("threshold_raw", "input_scale", "input_scale_pending", "log_l0_coefficient")
+
+
+class NonFiniteActivationsError(ValueError):
+    """An activation batch held NaN or Inf; the SAE still has the weights of the last good step."""
+
+
+class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
+    """JumpReLU SAE trained with straight-through estimators of the L0 (Rajamanoharan et al. 2024).
+
+    State beyond SAELens's ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``:
+    ``threshold_raw`` (theta / threshold_lr_scale, or log theta), ``input_scale`` (the E||x||^2 = 1
+    scalar; the weights live in those normalised units) and ``log_l0_coefficient`` (the integral term of target mode's controller).
+    """
+
+    b_enc: nn.Parameter
+    threshold_raw: nn.Parameter
+    input_scale: Tensor
+    input_scale_pending: Tensor
+    log_l0_coefficient: Tensor
+
+    def __init__(self, cfg: JumpReLUSTETrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        f32 = {"dtype": torch.float32, "device": self.device}
+        self.threshold_raw = nn.Parameter(
+            torch.full((cfg.d_sae,), self._raw_from_threshold(cfg.jumprelu_init_threshold).item(), **f32)
+        )
+        self.register_buffer("input_scale", torch.ones((), **f32))
+        self.register_buffer(
+            "input_scale_pending",
+            torch.tensor(cfg.normalize_to_unit_mean_square or cfg.init_b_dec_to_mean, device=self.device),
+        )
+        self.register_buffer(
+            "log_l0_coefficient", torch.tensor(math.log(max(cfg.l0_coefficient, 1e-12)), **f32)
+        )
+        self._penalty = PENALTIES[cfg.jumprelu_sparsity_loss_mode]
+        self._controller = (
+            TargetL0Controller(cfg.target_l0, cfg.target_l0_rate, cfg.target_l0_gain)  # type: ignore[arg-type]
+            if cfg.target_mode
+            else None
+        )
+        self._guard: GradientGuard | None = None
+
+    # ---- parameters -------------------------------------------------------------------------
+
+    @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+
+    @property
+    def threshold(self) -> Float[Tensor, " d_sae"]:
+        """theta in float32, in the SAE's normalised input units."""
+        if self.cfg.threshold_parametrization == "log":
+            return self.threshold_raw.exp()
+        return self.threshold_raw * self.cfg.threshold_lr_scale
+
+    def _raw_from_threshold(self, threshold: Tensor | float) -> Tensor:
+        theta = torch.as_tensor(threshold, dtype=torch.float32)
+        if self.cfg.threshold_parametrization == "log":
+            return theta.clamp(min=1e-30).log()
+        return theta / self.cfg.threshold_lr_scale
+
+    @override
+    def _apply(self, *args: Any, **kwargs: Any) -> "JumpReLUSTETrainingSAE":
+        out = super()._apply(*args, **kwargs)
+        # nn.Module.to(dtype) casts every float tensor; the load paths call it with cfg.dtype.
+        for name in _FLOAT32_STATE:
+            tensor = getattr(self, name, None)
+            if tensor is not None and tensor.dtype != torch.float32:
+                tensor.data = tensor.data.float()
+        return out
+
+    # ---- forward ----------------------------------------------------------------------------
+
+    def _normalised_input(self, x: Tensor) -> Tensor:
+        x = self.reshape_fn_in(x.to(self.dtype))
+        x = self.run_time_activation_norm_fn_in(self.hook_sae_input(x))
+        return x * self.input_scale.to(x.dtype)
+
+    @override
+    def encode_with_hidden_pre(
+        self, x: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
+        x_n = self._normalised_input(x)
+        hidden_pre = self.hook_sae_acts_pre(
+            (x_n - self.b_dec * self.cfg.apply_b_dec_to_input) @ self.W_enc + self.b_enc
+        )
+        feature_acts = jumprelu(
+            hidden_pre,
+            self.threshold,
+            self.cfg.jumprelu_bandwidth,
+            self.cfg.jumprelu_kernel,
+            self.cfg.jumprelu_ste_to_input,
+        )
+        return self.hook_sae_acts_post(feature_acts), hidden_pre
+
+    @override
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        out = (feature_acts @ self.W_dec + self.b_dec) / self.input_scale.to(feature_acts.dtype)
+        out = self.run_time_activation_norm_fn_out(self.hook_sae_recons(out))
+        return self.reshape_fn_out(out, self.d_head)
+
+    # ---- training ---------------------------------------------------------------------------
+
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {
+            "l0": TrainCoefficientConfig(
+                value=self.cfg.l0_coefficient, warm_up_steps=self.cfg.l0_warm_up_steps
+            )
+        }
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        x = step_input.sae_in
+        self._check_batch(x, step_input.n_training_steps)
+        self._prepare_step(x)
+
+        feature_acts, hidden_pre = self.encode_with_hidden_pre(x)
+        sae_out = self.decode(feature_acts)
+        # The paper's loss is in normalised units: ||x - x_hat||^2 with E||x||^2 = 1.
+        error = (sae_out - x.to(sae_out.dtype)).float() * self.input_scale
+        mse_loss = error.pow(2).sum(dim=-1).mean()
+
+        batch_l0 = (feature_acts > 0).sum(dim=-1, dtype=torch.float32).mean()
+        coefficient = self._l0_coefficient(step_input, batch_l0)
+        losses = {
+            "mse_loss": mse_loss,
+            **self._sparsity_losses(step_input, coefficient, feature_acts, hidden_pre),
+        }
+        return TrainStepOutput(
+            sae_in=x,
+            sae_out=sae_out,
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            loss=sum(losses.values(), torch.zeros((), device=x.device)),
+            losses=losses,
+            metrics={"l0": batch_l0, "l0_coefficient": coefficient},
+        )
+
+    def _l0_coefficient(self, step_input: TrainStepInput, batch_l0: Tensor) -> Tensor | float:
+        """lambda for this step: the controller's in target mode (advancing it), else the
+        trainer's warm-up schedule."""
+        if self._controller is None:
+            return step_input.coefficients["l0"]
+        return self._controller.step(self.log_l0_coefficient, batch_l0)
+
+    @override
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: Tensor,
+        hidden_pre: Tensor,
+        sae_out: Tensor,
+    ) -> dict[str, Tensor]:
+        batch_l0 = (feature_acts > 0).sum(dim=-1, dtype=torch.float32).mean()
+        coefficient = self._l0_coefficient(step_input, batch_l0)
+        return self._sparsity_losses(step_input, coefficient, feature_acts, hidden_pre)
+
+    def _sparsity_losses(
+        self,
+        step_input: TrainStepInput,
+        coefficient: Tensor | float,
+        feature_acts: Tensor,
+        hidden_pre: Tensor,
+    ) -> dict[str, Tensor]:
+        threshold = self.threshold
+        decoder_norms = self.W_dec.norm(dim=-1)
+        per_token = self._penalty(
+            PenaltyInputs(
+                hidden_pre=hidden_pre,
+                feature_acts=feature_acts,
+                threshold=threshold,
+                decoder_norms=decoder_norms,
+                bandwidth=self.cfg.jumprelu_bandwidth,
+                kernel=self.cfg.jumprelu_kernel,
+                ste_to_input=self.cfg.jumprelu_ste_to_input,
+                tanh_scale=self.cfg.jumprelu_tanh_scale,
+            ),
+            self.cfg.target_l0,
+        )
+        losses = {"l0_loss": coefficient * per_token.mean()}
+        if self.cfg.pre_act_loss_coefficient is not None:
+            losses["pre_act_loss"] = calculate_pre_act_loss(
+                self.cfg.pre_act_loss_coefficient,
+                threshold.to(hidden_pre.dtype),
+                hidden_pre,
+                step_input.dead_neuron_mask,
+                decoder_norms,
+            )
+        return losses
+
+    def _check_batch(self, x: Tensor, step: int) -> None:
+        if x.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"activation batch has d_in={x.shape[-1]} (shape {tuple(x.shape)}) but this SAE "
+                f"expects d_in={self.cfg.d_in}: check the hook the activations come from, or set "
+                f"d_in={x.shape[-1]} in the config"
+            )
+        if self.cfg.check_finite and not bool(torch.isfinite(x).all()):
+            bad_rows = (~torch.isfinite(x)).reshape(-1, x.shape[-1]).any(dim=-1).nonzero().flatten()
+            raise NonFiniteActivationsError(
+                f"training step {step}: the activation batch of {x.shape[0]} rows has NaN/Inf in "
+                f"{bad_rows.numel()} rows (first: {bad_rows[:5].tolist()}); the SAE keeps the "
+                "weights of the last good step. Find where the non-finite activations come from "
+                "(model dtype overflow, a corrupt cache shard) and resume from a checkpoint."
+            )
+
+    @torch.no_grad()
+    def _prepare_step(self, x: Tensor) -> None:
+        """One-off setup on the first batch; constraints; gradient hooks on current parameters."""
+        if bool(self.input_scale_pending):
+            self._initialise_from_batch(x)
+        # Also run after every optimizer step (GradientGuard); here for loops without one.
+        self.project_constraints()
+        if self._guard is None:
+            self._guard = GradientGuard(self.cfg.max_grad_norm, self.project_constraints)
+        self._guard.attach(self.parameters(), self.W_dec if self.cfg.decoder_unit_norm else None)
+
+    @torch.no_grad()
+    def project_constraints(self) -> None:
+        """theta >= 0 and, with ``decoder_unit_norm``, unit-norm decoder rows."""
+        if self.cfg.threshold_parametrization == "linear":
+            # A projection rather than a clamp in the graph: a clamp would zero the gradient and
+            # pin any latent that reaches theta = 0 there for good.
+            self.threshold_raw.clamp_(min=0.0)
+        if self.cfg.decoder_unit_norm:
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8))
+
+    def _initialise_from_batch(self, x: Tensor) -> None:
+        flat = x.reshape(-1, self.cfg.d_in).float()
+        if self.cfg.normalize_to_unit_mean_square:
+            self.input_scale.fill_(flat.pow(2).sum(dim=-1).mean().rsqrt().item())
+        if self.cfg.init_b_dec_to_mean:
+            mean = (flat * self.input_scale).mean(dim=0).to(self.dtype)
+            self.b_dec.copy_(mean)
+            if not self.cfg.apply_b_dec_to_input:
+                # Centre the pre-activations as subtracting b_dec would.
+                self.b_enc.sub_(mean @ self.W_enc)
+        self.input_scale_pending.fill_(False)
+
+    # ---- folding, saving, loading -----------------------------------------------------------
+
+    def set_threshold(self, threshold: Float[Tensor, " d_sae"]) -> None:
+        """Set theta (normalised units); stored in whichever parametrization the config uses."""
+        with torch.no_grad():
+            self.threshold_raw.copy_(self._raw_from_threshold(threshold))
+
+    @override
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """Unit-norm decoder rows; W_enc columns, b_enc and theta scale by the same norms, so
+        every pre-activation and its comparison with theta scale alike: the active set is kept."""
+        threshold = self.threshold.clone()
+        norms = self.fold_and_get_W_dec_norm()
+        self.set_threshold(threshold * norms.float())
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        scale = self.input_scale
+        state_dict["W_enc"] = (self.W_enc.detach() * scale).to(self.dtype)
+        state_dict["W_dec"] = (self.W_dec.detach() / scale).to(self.dtype)
+        state_dict["b_dec"] = (self.b_dec.detach() / scale).to(self.dtype)
+        state_dict["threshold"] = self.threshold.detach().clamp(min=0.0)
+        for name in _TRAINING_ONLY_STATE:
+            state_dict.pop(name, None)
+
+    @override
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        """Accept this class's checkpoints, SAELens "jumprelu" weights and legacy log_threshold."""
+        if "log_threshold" in state_dict:
+            state_dict["threshold"] = state_dict.pop("log_threshold").float().exp()
+        if "threshold" in state_dict:
+            state_dict["threshold_raw"] = self._raw_from_threshold(state_dict.pop("threshold"))
+        # Weights saved for inference are already in raw units.
+        state_dict.setdefault("input_scale", torch.ones((), dtype=torch.float32))
+        state_dict.setdefault("input_scale_pending", torch.tensor(False))
+        state_dict.setdefault(
+            "log_l0_coefficient", torch.tensor(math.log(max(self.cfg.l0_coefficient, 1e-12)))
+        )
