@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="train on SAELens's synthetic ground-truth data, save, reload with plain SAELens",
     )
-    demo.add_argument("--out", type=Path, default=Path("sae-jumprelu-demo"), help="output directory")
+    demo.add_argument(
+        "--out", type=Path, default=Path("sae-jumprelu-demo"), help="output directory"
+    )
     demo.add_argument("--target-l0", type=float, default=8.0, help="mean active latents to reach")
     demo.add_argument("--steps", type=int, default=800, help="training steps of 4096 samples")
     demo.add_argument("--d-sae", type=int, default=512, help="number of latents")

@@ -23,6 +23,9 @@ ARCHITECTURE = "jumprelu_ste"
 class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     """Training config of a JumpReLU SAE trained with straight-through estimators of the L0.
 
+    Defaults: the paper's estimator (theta_init = eps = 0.001, rectangle kernel, lambda * L0) with
+    the SAE-side settings of the ``short_budget`` recipe (see ``recipes.py`` for the reasons).
+
     Setting ``target_l0`` with the ``step`` or ``tanh`` penalty turns on target mode: the
     coefficient starts at ``l0_coefficient`` and is adapted every step until the L0 settles at
     ``target_l0`` (with ``quadratic``, ``target_l0`` is the centre of the penalty, as in SAELens).
@@ -39,7 +42,7 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     """Train theta itself (``linear``) or log(theta) (``log``, the paper's); log moves theta by
     only ~theta*lr per Adam step, which freezes short runs (SAELens #494)."""
 
-    threshold_lr_scale: float = 1.0
+    threshold_lr_scale: float = 3.0
     """Effective learning rate of the threshold parameter relative to the trainer's lr (exact for
     Adam: the parameter is stored divided by this factor)."""
 
@@ -47,7 +50,7 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     """Scale inputs by one scalar so that E||x||^2 = 1 (paper, section 5), estimated on the first
     training batch, kept with checkpoints and folded into the saved weights."""
 
-    init_b_dec_to_mean: bool = False
+    init_b_dec_to_mean: bool = True
     """Start b_dec at the first batch's mean (and shift b_enc to match); a zero b_dec moves only
     ~lr per step while the mean carries most of E||x||^2 in LM residual streams."""
 
@@ -58,7 +61,7 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     max_grad_norm: float | None = None
     """Global gradient-norm clip applied instead of SAELens's hard-coded 1.0; None: no clipping."""
 
-    target_l0_rate: float = 0.01
+    target_l0_rate: float = 0.05
     """Integral gain of target mode: log(lambda) moves by at most this much per step."""
 
     target_l0_gain: float = 1.0

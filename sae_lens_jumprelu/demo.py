@@ -32,7 +32,11 @@ class DemoResult:
 
 
 def run_demo(
-    out: Path, target_l0: float = 8, steps: int = 800, d_sae: int = 512, recipe: str = "short_budget",
+    out: Path,
+    target_l0: float = 8,
+    steps: int = 800,
+    d_sae: int = 512,
+    recipe: str = "short_budget",
     seed: int = 0,
 ) -> DemoResult:
     from sae_lens_jumprelu.plots import plot_training_curve

@@ -21,11 +21,11 @@ import weakref
 from collections.abc import Callable, Iterable
 
 import torch
+from torch import Tensor, nn
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 _GUARDS: "weakref.WeakSet[GradientGuard]" = weakref.WeakSet()
@@ -50,13 +50,18 @@ class GradientGuard:
         _GUARDS.add(self)
         _ensure_hooks()
 
-    def attach(self, params: Iterable[nn.Parameter], unit_norm_decoder: nn.Parameter | None) -> None:
+    def attach(
+        self, params: Iterable[nn.Parameter], unit_norm_decoder: nn.Parameter | None
+    ) -> None:
         """Hook every parameter not hooked yet (loading with ``assign=True`` replaces them)."""
         self.unit_norm_decoder = unit_norm_decoder
         for param in params:
             if id(param) in self._handles and self._handles[id(param)][0] is param:
                 continue
-            self._handles[id(param)] = (param, param.register_post_accumulate_grad_hook(self._on_grad))
+            self._handles[id(param)] = (
+                param,
+                param.register_post_accumulate_grad_hook(self._on_grad),
+            )
         self._norms.clear()
 
     def owns(self, optimizer: torch.optim.Optimizer) -> bool:

@@ -14,7 +14,7 @@ def plot_training_curve(
     """Plot each series of ``history`` (keyed by name, one value per step) on its own axis."""
     names = [name for name in history if name != "step"]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4))
-    for ax, name in zip(axes if len(names) > 1 else [axes], names):
+    for ax, name in zip(axes if len(names) > 1 else [axes], names, strict=True):
         ax.plot(history["step"], history[name], lw=1)
         if name == "l0" and target_l0 is not None:
             ax.axhline(target_l0, color="k", ls="--", lw=0.8, label=f"target {target_l0:g}")

@@ -14,7 +14,9 @@ def register() -> None:
     """Register "jumprelu_ste"; idempotent, and a reload of this package replaces its own entry."""
     existing = SAE_TRAINING_CLASS_REGISTRY.get(ARCHITECTURE)
     if existing is None:
-        register_sae_training_class(ARCHITECTURE, JumpReLUSTETrainingSAE, JumpReLUSTETrainingSAEConfig)
+        register_sae_training_class(
+            ARCHITECTURE, JumpReLUSTETrainingSAE, JumpReLUSTETrainingSAEConfig
+        )
         return
     if not existing[0].__module__.startswith("sae_lens_jumprelu"):
         raise RuntimeError(
@@ -22,4 +24,7 @@ def register() -> None:
             f"{existing[0].__module__}.{existing[0].__qualname__}; uninstall the conflicting plugin"
         )
     # Same package, possibly reloaded: point the registry at the current classes.
-    SAE_TRAINING_CLASS_REGISTRY[ARCHITECTURE] = (JumpReLUSTETrainingSAE, JumpReLUSTETrainingSAEConfig)
+    SAE_TRAINING_CLASS_REGISTRY[ARCHITECTURE] = (
+        JumpReLUSTETrainingSAE,
+        JumpReLUSTETrainingSAEConfig,
+    )

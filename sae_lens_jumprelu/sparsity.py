@@ -40,12 +40,12 @@ class PenaltyInputs:
 
 
 class SparsityPenalty(Protocol):
-    def __call__(self, inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, "batch"]:
+    def __call__(self, inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
         """Per-token penalty before multiplication by the coefficient."""
         ...
 
 
-def per_token_l0(inputs: PenaltyInputs) -> Float[Tensor, "batch"]:
+def per_token_l0(inputs: PenaltyInputs) -> Float[Tensor, " batch"]:
     """L0 of each token through the Heaviside STE (the paper applies it to ``pi``, not ``f``)."""
     step = heaviside(
         inputs.hidden_pre, inputs.threshold, inputs.bandwidth, inputs.kernel, inputs.ste_to_input
@@ -53,16 +53,16 @@ def per_token_l0(inputs: PenaltyInputs) -> Float[Tensor, "batch"]:
     return step.sum(dim=-1, dtype=torch.float32)
 
 
-def step_penalty(inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, "batch"]:
+def step_penalty(inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
     return per_token_l0(inputs)
 
 
-def tanh_penalty(inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, "batch"]:
+def tanh_penalty(inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
     weighted = inputs.feature_acts.float() * inputs.decoder_norms.float()
     return torch.tanh(inputs.tanh_scale * weighted).sum(dim=-1)
 
 
-def quadratic_penalty(inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, "batch"]:
+def quadratic_penalty(inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
     if target_l0 is None:
         raise ValueError("the quadratic sparsity penalty needs target_l0")
     return 2.0 / target_l0 * (per_token_l0(inputs) - target_l0) ** 2

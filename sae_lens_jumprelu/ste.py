@@ -43,9 +43,7 @@ KERNELS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def _kernel_window(
-    z: Tensor, threshold: Tensor, bandwidth: float, kernel: str
-) -> Tensor:
+def _kernel_window(z: Tensor, threshold: Tensor, bandwidth: float, kernel: str) -> Tensor:
     """``K((z - theta) / eps) / eps`` in float32, shaped like ``z``."""
     u = (z.float() - threshold) / bandwidth
     return KERNELS[kernel](u) / bandwidth
@@ -57,7 +55,7 @@ def _sum_leading(t: Tensor) -> Tensor:
 
 
 class HeavisideSTE(torch.autograd.Function):
-    """``H(z - theta)``; estimator: d/dtheta = -(1/eps) K((z - theta)/eps), d/dz = 0 (paper eq. 11)."""
+    """``H(z - theta)``; estimator: d/dtheta = -(1/eps) K((z - theta)/eps), d/dz = 0."""
 
     @staticmethod
     def forward(
@@ -81,7 +79,7 @@ class HeavisideSTE(torch.autograd.Function):
 
 
 class JumpReLUSTE(torch.autograd.Function):
-    """``z * H(z - theta)``; estimator: d/dtheta = -(theta/eps) K((z - theta)/eps), d/dz = H (eq. 10)."""
+    """``z * H(z - theta)``; estimator: d/dtheta = -(theta/eps) K((z - theta)/eps), d/dz = H."""
 
     @staticmethod
     def forward(
@@ -125,5 +123,5 @@ def heaviside(
     kernel: KernelName = "rectangle",
     ste_to_input: bool = False,
 ) -> Float[Tensor, "*batch d_sae"]:
-    """``H(z - threshold)`` with the paper's pseudo-derivatives; summed over latents it is the L0."""
+    """``H(z - threshold)`` with the paper's pseudo-derivatives; summed over latents: the L0."""
     return HeavisideSTE.apply(z, threshold, bandwidth, kernel, ste_to_input)  # type: ignore[no-any-return]

@@ -34,7 +34,8 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
 
     State beyond SAELens's ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``:
     ``threshold_raw`` (theta / threshold_lr_scale, or log theta), ``input_scale`` (the E||x||^2 = 1
-    scalar; the weights live in those normalised units) and ``log_l0_coefficient`` (the integral term of target mode's controller).
+    scalar; the weights live in those normalised units) and ``log_l0_coefficient`` (the integral
+    term of target mode's controller).
     """
 
     b_enc: nn.Parameter
@@ -47,12 +48,16 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         super().__init__(cfg, use_error_term)
         f32 = {"dtype": torch.float32, "device": self.device}
         self.threshold_raw = nn.Parameter(
-            torch.full((cfg.d_sae,), self._raw_from_threshold(cfg.jumprelu_init_threshold).item(), **f32)
+            torch.full(
+                (cfg.d_sae,), self._raw_from_threshold(cfg.jumprelu_init_threshold).item(), **f32
+            )
         )
         self.register_buffer("input_scale", torch.ones((), **f32))
         self.register_buffer(
             "input_scale_pending",
-            torch.tensor(cfg.normalize_to_unit_mean_square or cfg.init_b_dec_to_mean, device=self.device),
+            torch.tensor(
+                cfg.normalize_to_unit_mean_square or cfg.init_b_dec_to_mean, device=self.device
+            ),
         )
         self.register_buffer(
             "log_l0_coefficient", torch.tensor(math.log(max(cfg.l0_coefficient, 1e-12)), **f32)

@@ -57,6 +57,9 @@ TINY_DEFAULTS: dict[str, Any] = {
     "jumprelu_init_threshold": 0.1,
     "jumprelu_bandwidth": 0.1,
     "l0_coefficient": 1.0,
+    # hand-computed cases: theta is the parameter itself and b_dec starts at zero
+    "threshold_lr_scale": 1.0,
+    "init_b_dec_to_mean": False,
 }
 
 
