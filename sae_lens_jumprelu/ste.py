@@ -54,7 +54,24 @@ def _sum_leading(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1]).sum(dim=0, dtype=torch.float32)
 
 
-class HeavisideSTE(torch.autograd.Function):
+class _KernelSTE(torch.autograd.Function):
+    """Shared context of the two estimators: both keep ``z`` and ``theta`` for the kernel."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        z, threshold, bandwidth, kernel, ste_to_input = inputs
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth, ctx.kernel, ctx.ste_to_input = bandwidth, kernel, ste_to_input
+
+    @staticmethod
+    def window(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(z, theta, K((z - theta)/eps)/eps * grad_out)``, the last in float32."""
+        z, threshold = ctx.saved_tensors
+        kernel = _kernel_window(z, threshold, ctx.bandwidth, ctx.kernel)
+        return z, threshold, kernel * grad_out.float()
+
+
+class HeavisideSTE(_KernelSTE):
     """``H(z - theta)``; estimator: d/dtheta = -(1/eps) K((z - theta)/eps), d/dz = 0."""
 
     @staticmethod
@@ -64,21 +81,14 @@ class HeavisideSTE(torch.autograd.Function):
         return (z > threshold).to(z.dtype)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        z, threshold, bandwidth, kernel, ste_to_input = inputs
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth, ctx.kernel, ctx.ste_to_input = bandwidth, kernel, ste_to_input
-
-    @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor, None, None, None]:
-        z, threshold = ctx.saved_tensors
-        window = _kernel_window(z, threshold, ctx.bandwidth, ctx.kernel) * grad_out.float()
+        z, threshold, window = _KernelSTE.window(ctx, grad_out)
         grad_threshold = -_sum_leading(window).to(threshold.dtype)
         grad_z = window.to(z.dtype) if ctx.ste_to_input else None
         return grad_z, grad_threshold, None, None, None
 
 
-class JumpReLUSTE(torch.autograd.Function):
+class JumpReLUSTE(_KernelSTE):
     """``z * H(z - theta)``; estimator: d/dtheta = -(theta/eps) K((z - theta)/eps), d/dz = H."""
 
     @staticmethod
@@ -88,15 +98,8 @@ class JumpReLUSTE(torch.autograd.Function):
         return z * (z > threshold).to(z.dtype)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        z, threshold, bandwidth, kernel, ste_to_input = inputs
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth, ctx.kernel, ctx.ste_to_input = bandwidth, kernel, ste_to_input
-
-    @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
-        z, threshold = ctx.saved_tensors
-        window = _kernel_window(z, threshold, ctx.bandwidth, ctx.kernel) * grad_out.float()
+        z, threshold, window = _KernelSTE.window(ctx, grad_out)
         jump = threshold * window  # the jump's height is theta
         grad_threshold = -_sum_leading(jump).to(threshold.dtype)
         grad_z = (z > threshold).to(grad_out.dtype) * grad_out

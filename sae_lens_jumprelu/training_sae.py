@@ -288,9 +288,10 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         scale = self.input_scale
-        state_dict["W_enc"] = (self.W_enc.detach() * scale).to(self.dtype)
-        state_dict["W_dec"] = (self.W_dec.detach() / scale).to(self.dtype)
-        state_dict["b_dec"] = (self.b_dec.detach() / scale).to(self.dtype)
+        # Folded in float32 and rounded once, so a bf16 SAE loses no more than its own precision.
+        state_dict["W_enc"] = (self.W_enc.detach().float() * scale).to(self.dtype)
+        state_dict["W_dec"] = (self.W_dec.detach().float() / scale).to(self.dtype)
+        state_dict["b_dec"] = (self.b_dec.detach().float() / scale).to(self.dtype)
         state_dict["threshold"] = self.threshold.detach().clamp(min=0.0)
         for name in _TRAINING_ONLY_STATE:
             state_dict.pop(name, None)
