@@ -34,6 +34,14 @@ CHECKED_MODULES = [
         "metrics",
         "registration",
         "synthetic",
+        "convert.weights",
+        "convert.gated",
+        "convert.verify",
+        "convert.atomic",
+        "convert.sae_lens_format",
+        "convert.gemma_scope",
+        "convert.dictionary_learning",
+        "convert.api",
     )
 ]
 assert "sae_lens_jumprelu" not in sys.modules, (
@@ -43,6 +51,7 @@ assert "sae_lens_jumprelu" not in sys.modules, (
 TYPECHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
 with install_import_hook(CHECKED_MODULES, TYPECHECKER):
     import sae_lens_jumprelu  # noqa: F401
+    import sae_lens_jumprelu.convert  # noqa: F401
     import sae_lens_jumprelu.synthetic  # noqa: F401
 
 from sae_lens.saes.sae import TrainStepInput  # noqa: E402
