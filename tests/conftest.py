@@ -23,7 +23,8 @@ from jaxtyping import install_import_hook  # noqa: E402
 torch.set_num_threads(1)
 
 # Every module but ``config``: there beartype would reject a bad Literal (an unknown kernel, say)
-# in the dataclass __init__ before __post_init__, hiding the ValueError users actually get.
+# in the dataclass __init__ before __post_init__, hiding the ValueError users actually get; the
+# same holds for ``convert.weights`` (a wrong-shaped tensor must reach the ConversionError).
 CHECKED_MODULES = [
     f"sae_lens_jumprelu.{name}"
     for name in (
@@ -34,7 +35,6 @@ CHECKED_MODULES = [
         "metrics",
         "registration",
         "synthetic",
-        "convert.weights",
         "convert.gated",
         "convert.verify",
         "convert.atomic",

@@ -80,7 +80,9 @@ def test_underflowing_r_mag_is_refused_unless_allowed() -> None:
     r_mag = gated.r_mag.clone()
     r_mag[3] = -200.0  # exp(-200) == 0 in float32: the magnitude path is the constant relu(b_mag)
     bad = GatedWeights(**{**gated.state_dict(), "r_mag": r_mag})
-    with pytest.raises(InexactConversionError, match=r"cannot be converted exactly \(first \[3\]\)"):
+    with pytest.raises(
+        InexactConversionError, match=r"cannot be converted exactly \(first \[3\]\)"
+    ):
         gated_to_jumprelu(bad)
     imported = gated_to_jumprelu(bad, allow_inexact=True)
     assert imported.issues[0].latents == [3]
