@@ -37,7 +37,10 @@ _SITES = (
     (re.compile(r"(-mlp\b|mlp_out)"), "blocks.{layer}.hook_mlp_out"),
     (re.compile(r"(-att\b|attn_out)"), "blocks.{layer}.attn.hook_z"),
 )
-_WIDTH = re.compile(r"width_(\d+)([km])\b")
+_WIDTH = re.compile(r"width_(\d+[km])(?=$|[_/.])")
+# release widths are powers of two named loosely ("131k" is 2**17), as in SAELens's width_map
+_WIDTHS = {"4k": 2**12, "16k": 2**14, "32k": 2**15, "65k": 2**16, "131k": 2**17, "262k": 2**18,
+           "524k": 2**19, "1m": 2**20}  # fmt: skip
 
 
 def infer_site(release_path: str) -> dict[str, Any]:
@@ -50,8 +53,8 @@ def infer_site(release_path: str) -> dict[str, Any]:
                 facts["hook_name"] = hook.format(layer=int(layer.group(1)))
                 break
     width = _WIDTH.search(release_path)
-    if width is not None:
-        facts["d_sae"] = int(width.group(1)) * (1024 if width.group(2) == "k" else 1024 * 1024)
+    if width is not None and width.group(1) in _WIDTHS:
+        facts["d_sae"] = _WIDTHS[width.group(1)]
     return facts
 
 
