@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from convert_factories import inputs, make_jumprelu
-from safetensors.numpy import save_file
 from sae_lens.loading.pretrained_sae_loaders import (
     gemma_2_sae_huggingface_loader,
     handle_config_defaulting,
     load_safetensors_weights,
 )
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+from safetensors.numpy import save_file
 
 from sae_lens_jumprelu.convert import ConversionError
 from sae_lens_jumprelu.convert.gemma_scope import infer_site, read_gemma_scope, write_gemma_scope
@@ -86,7 +86,7 @@ def test_gemma_scope_2_safetensors_import(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_export_reproduces_tutorial_forward(tmp_path: Path, suffix: str) -> None:
-    """Any JumpReLU SAE (here one subtracting b_dec) -> params file -> the tutorial's numpy forward."""
+    """A JumpReLU SAE subtracting b_dec -> params file -> the tutorial's numpy forward."""
     w = make_jumprelu(8, 16, apply=True)
     file = tmp_path / f"params{suffix}"
     write_gemma_scope(w, file)
