@@ -71,7 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if getattr(args, "steps", 1) <= 0:
         raise SystemExit("sae-jumprelu: --steps must be positive")
-    if getattr(args, "n_inputs", 1) <= 1:
+    if getattr(args, "n_inputs", 2) <= 1:
         raise SystemExit("sae-jumprelu: --n-inputs must be at least 2")
     return args
 
