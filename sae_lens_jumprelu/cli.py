@@ -77,7 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.convert import ConversionError, OutputExistsError, convert
+    from sae_lens_jumprelu.convert import ConversionError, convert
 
     apply = None if args.apply_b_dec_to_input is None else args.apply_b_dec_to_input == "true"
     try:
@@ -92,7 +92,7 @@ def run_convert(args: argparse.Namespace) -> int:
             hook_name=args.hook_name,
             n_inputs=args.n_inputs,
         )
-    except (ConversionError, OutputExistsError, FileNotFoundError) as e:
+    except (ConversionError, OSError) as e:  # OSError: existing DST, missing dir, permissions
         sys.stderr.write(f"sae-jumprelu convert: error: {e}\n")
         return 2
     out = sys.stdout
