@@ -129,6 +129,13 @@ def test_inexact_conversion_is_refused_without_writing(tmp_path: Path) -> None:
 
 def test_bad_sources(tmp_path: Path) -> None:
     src = _write_source("jumprelu", tmp_path)
+    w = make_jumprelu(6, 10)
+    w.threshold[4] = float("nan")
+    write_sae_lens(w, src)
+    with pytest.raises(
+        ConversionError, match=r"threshold has 1 NaN/Inf entries \(first at index \[4\]\)"
+    ):
+        convert(src, tmp_path / "out", "gated")
     (src / "sae_weights.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(ConversionError, match="not a readable safetensors file"):
         convert(src, tmp_path / "out", "gated")

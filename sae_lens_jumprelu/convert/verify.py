@@ -6,6 +6,9 @@ decoder bias and columns. A latent that is active on one side only counts as a r
 when its pre-activation is within the float rounding bound of the threshold (a dot product of
 length d_in: (d_in + 4) * eps * (|x| @ |W_enc| + |b_dec| @ |W_enc| + |b_enc| + theta)); rows with
 such a mismatch are left out of the max differences, and any other mismatch is reported.
+Relative differences are taken against the magnitude of the summands (|x'| @ |W_enc| + |b_enc|
+for the latents, |f| @ |W_dec| + |b_dec| for the reconstruction), the scale float rounding is
+proportional to, so an output that cancels to near 0 does not inflate them.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ class Verification:
     max_abs_encode: float
     """Max |f_src - f_dst| over latents and rows without a rounding mismatch."""
     max_rel_encode: float
-    """Max over rows of ||f_src - f_dst||_inf / ||f_src||_inf (same rows)."""
+    """Max over rows of ||f_src - f_dst||_inf / ||(|x'| @ |W_enc| + |b_enc|)||_inf (same rows)."""
     max_abs_forward: float
     """Max |x_hat_src - x_hat_dst| (same rows)."""
     max_rel_forward: float
-    """Max over rows of ||x_hat_src - x_hat_dst||_inf / ||x_hat_src||_inf (same rows)."""
+    """Max over rows of ||x_hat_src - x_hat_dst||_inf / ||(|f| @ |W_dec| + |b_dec|)||_inf."""
     rounding_mismatches: int
     """(row, latent) pairs active on one side only, within float rounding of the threshold."""
     unexplained_mismatches: int
@@ -95,9 +98,9 @@ def _rounding_band(w: JumpReLUWeights, x: Tensor) -> tuple[Tensor, Tensor]:
     return pre, bound
 
 
-def _rowwise_rel(diff: Tensor, ref: Tensor) -> float:
+def _rowwise_rel(diff: Tensor, scale: Tensor) -> float:
     num = diff.abs().amax(dim=-1)
-    den = ref.abs().amax(dim=-1)
+    den = scale.amax(dim=-1)
     rel = torch.where(num == 0, torch.zeros_like(num), num / den.clamp(min=1e-300))
     return float(rel.max()) if rel.numel() else 0.0
 
@@ -113,7 +116,11 @@ def verify(src: AnyWeights, dst: AnyWeights, n_inputs: int = 512, seed: int = 0)
     y_src, y_dst = sae_src(x).double(), sae_dst(x).double()
     mismatch = (f_src > 0) != (f_dst > 0)  # [n, d_sae]
     near = torch.zeros_like(mismatch)
-    for w in (as_jumprelu(src), as_jumprelu(dst)):
+    src_jr = as_jumprelu(src)
+    x_in = x.double() - (src_jr.b_dec.double() if src_jr.apply_b_dec_to_input else 0.0)
+    enc_scale = x_in.abs() @ src_jr.W_enc.double().abs() + src_jr.b_enc.double().abs()
+    dec_scale = f_src.abs() @ src_jr.W_dec.double().abs() + src_jr.b_dec.double().abs()
+    for w in (src_jr, as_jumprelu(dst)):
         pre, bound = _rounding_band(w, x)
         near |= (pre - w.threshold.double()).abs() <= bound
         near |= pre.abs() <= bound  # the ReLU's own boundary at 0
@@ -123,9 +130,9 @@ def verify(src: AnyWeights, dst: AnyWeights, n_inputs: int = 512, seed: int = 0)
     return Verification(
         n_inputs=n_inputs,
         max_abs_encode=float(d_f.abs().max()) if d_f.numel() else 0.0,
-        max_rel_encode=_rowwise_rel(d_f, f_src[clean]),
+        max_rel_encode=_rowwise_rel(d_f, enc_scale[clean]),
         max_abs_forward=float(d_y.abs().max()) if d_y.numel() else 0.0,
-        max_rel_forward=_rowwise_rel(d_y, y_src[clean]),
+        max_rel_forward=_rowwise_rel(d_y, dec_scale[clean]),
         rounding_mismatches=int(rounding.sum()),
         unexplained_mismatches=int((mismatch & ~near).sum()),
         per_latent_max_abs=(f_src - f_dst).abs().amax(dim=0).float(),
