@@ -64,6 +64,7 @@ def _add_convert_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
         "gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71 (default: SRC's own path)",
     )
     convert.add_argument("--hook-name", default=None, help="hook point to record in the result")
+    convert.add_argument("--d-in", type=int, default=None, help="check the SAE's input width")
     convert.add_argument("--n-inputs", type=int, default=512, help="random inputs for verification")
 
 
@@ -90,6 +91,7 @@ def run_convert(args: argparse.Namespace) -> int:
             apply_b_dec_to_input=apply,
             release_path=args.release_path,
             hook_name=args.hook_name,
+            d_in=args.d_in,
             n_inputs=args.n_inputs,
         )
     except (ConversionError, OSError) as e:  # OSError: existing DST, missing dir, permissions

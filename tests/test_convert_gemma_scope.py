@@ -53,8 +53,10 @@ def test_npz_import_equals_sae_lens_gemma_2_loader(
     )
     theirs = JumpReLUSAE(JumpReLUSAEConfig.from_dict(handle_config_defaulting(cfg)))
     theirs.load_state_dict(state_dict)
-    ours_w = read_gemma_scope(file, release_path=f"{REPO}/{FOLDER}")
+    # d_in given, as SAELens's cfg_overrides: the tiny file is not 2304 wide like Gemma 2 2B
+    ours_w = read_gemma_scope(file, release_path=f"{REPO}/{FOLDER}", d_in=8)
     assert ours_w.metadata["hook_name"] == cfg["hook_name"] == "blocks.3.hook_resid_post"
+    assert ours_w.metadata["model_name"] == cfg["model_name"] == "gemma-2-2b"
     assert ours_w.apply_b_dec_to_input is cfg["apply_b_dec_to_input"] is False
     ours = to_sae_lens_sae(ours_w)
     for name, tensor in state_dict.items():
@@ -111,11 +113,14 @@ def test_export_reproduces_tutorial_forward(tmp_path: Path, suffix: str) -> None
     ("path", "facts"),
     [
         ("gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71",
-         {"hook_name": "blocks.20.hook_resid_post", "d_sae": 16384}),
-        ("gemma-scope-9b-pt-mlp/layer_5/width_131k/average_l0_10",
-         {"hook_name": "blocks.5.hook_mlp_out", "d_sae": 131072}),
+         {"hook_name": "blocks.20.hook_resid_post", "d_sae": 16384, "d_in": 2304,
+          "model_name": "gemma-2-2b"}),
+        ("gemma-scope-9b-it-mlp/layer_5/width_131k/average_l0_10",
+         {"hook_name": "blocks.5.hook_mlp_out", "d_sae": 131072, "d_in": 3584,
+          "model_name": "gemma-2-9b-it"}),
         ("gemma-scope-2b-pt-att/layer_0/width_1m/average_l0_9",
-         {"hook_name": "blocks.0.attn.hook_z", "d_sae": 1048576}),
+         {"hook_name": "blocks.0.attn.hook_z", "d_sae": 1048576, "d_in": 2048,
+          "model_name": "gemma-2-2b"}),
         ("gemma-scope-2-1b-pt/mlp_out/layer_7_width_262k_l0_big",
          {"hook_name": "blocks.7.hook_mlp_out", "d_sae": 262144}),
         ("somewhere/params.npz", {}),
@@ -130,6 +135,8 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "params.npz", **good)
     with pytest.raises(ConversionError, match="release path says width 16384"):
         read_gemma_scope(tmp_path / "params.npz", release_path="x-res/layer_1/width_16k/l0_5")
+    with pytest.raises(ConversionError, match="W_enc has d_in 8, but 2304 was given or implied"):
+        read_gemma_scope(tmp_path / "params.npz", release_path="gemma-scope-2b-pt-res/layer_1")
     data = (tmp_path / "params.npz").read_bytes()
     (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(ConversionError, match="truncated"):

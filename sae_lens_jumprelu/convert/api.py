@@ -92,7 +92,12 @@ def detect_format(path: Path) -> str:
     )
 
 
-def load(path: Path, release_path: str | None = None, hook_name: str | None = None) -> AnyWeights:
+def load(
+    path: Path,
+    release_path: str | None = None,
+    hook_name: str | None = None,
+    d_in: int | None = None,
+) -> AnyWeights:
     """Read any supported format (detected from its files)."""
     path = Path(path)
     fmt = detect_format(path)
@@ -101,7 +106,9 @@ def load(path: Path, release_path: str | None = None, hook_name: str | None = No
     elif fmt == "dictionary-learning":
         weights = dictionary_learning.read_dictionary_learning(path)
     else:
-        weights = gemma_scope.read_gemma_scope(path, release_path, hook_name)
+        weights = gemma_scope.read_gemma_scope(path, release_path, hook_name, d_in)
+    if d_in is not None and weights.d_in != d_in:
+        raise ConversionError(f"{path}: d_in is {weights.d_in}, expected {d_in}")
     if hook_name is not None:
         weights.metadata["hook_name"] = hook_name
     return weights
@@ -186,6 +193,7 @@ def convert(
     apply_b_dec_to_input: bool | None = None,
     release_path: str | None = None,
     hook_name: str | None = None,
+    d_in: int | None = None,
     n_inputs: int = 512,
 ) -> ConversionResult:
     """Convert the SAE at ``src`` into format ``to`` at ``dst``, exactly or not at all.
@@ -199,7 +207,7 @@ def convert(
         raise ConversionError(f"unknown target {to!r}; choose one of {sorted(TARGETS)}")
     check_destination(dst, overwrite)
     source_format = detect_format(src)
-    weights = load(src, release_path, hook_name)
+    weights = load(src, release_path, hook_name, d_in)
     converted = convert_weights(weights, to, apply_b_dec_to_input, allow_inexact)
     _check_exact(weights, converted, n_inputs, allow_inexact, "in memory")
     target = TARGETS[to]

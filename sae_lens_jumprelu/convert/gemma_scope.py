@@ -37,6 +37,11 @@ _SITES = (
     (re.compile(r"(-mlp\b|mlp_out)"), "blocks.{layer}.hook_mlp_out"),
     (re.compile(r"(-att\b|attn_out)"), "blocks.{layer}.attn.hook_z"),
 )
+# Gemma 2 release -> (model_name, d_model, attention d_in = n_heads * d_head), as in SAELens's
+# get_gemma_2_config_from_hf
+_MODELS = {"2b": ("gemma-2-2b", 2304, 2048), "9b": ("gemma-2-9b", 3584, 4096),
+           "27b": ("gemma-2-27b", 4608, 4608)}  # fmt: skip
+_MODEL = re.compile(r"gemma-scope-(2b|9b|27b)(-pt|-it)?-(res|mlp|att)\b")
 _WIDTH = re.compile(r"width_(\d+[km])(?=$|[_/.])")
 # release widths are powers of two named loosely ("131k" is 2**17), as in SAELens's width_map
 _WIDTHS = {"4k": 2**12, "16k": 2**14, "32k": 2**15, "65k": 2**16, "131k": 2**17, "262k": 2**18,
@@ -44,7 +49,7 @@ _WIDTHS = {"4k": 2**12, "16k": 2**14, "32k": 2**15, "65k": 2**16, "131k": 2**17,
 
 
 def infer_site(release_path: str) -> dict[str, Any]:
-    """hook_name and d_sae implied by a Gemma Scope release path (missing facts are omitted)."""
+    """hook_name, d_sae, d_in, model_name implied by a release path (unknown facts omitted)."""
     facts: dict[str, Any] = {}
     layer = re.search(r"layer_(\d+)", release_path)
     if layer is not None:
@@ -52,6 +57,11 @@ def infer_site(release_path: str) -> dict[str, Any]:
             if pattern.search(release_path):
                 facts["hook_name"] = hook.format(layer=int(layer.group(1)))
                 break
+    model = _MODEL.search(release_path)
+    if model is not None:
+        name, d_model, d_attn = _MODELS[model.group(1)]
+        facts["model_name"] = name + ("-it" if model.group(2) == "-it" else "")
+        facts["d_in"] = d_attn if model.group(3) == "att" else d_model
     width = _WIDTH.search(release_path)
     if width is not None and width.group(1) in _WIDTHS:
         facts["d_sae"] = _WIDTHS[width.group(1)]
@@ -109,9 +119,13 @@ def read_gemma_scope(
             f"{file}: the release path says width {facts['d_sae']} but W_enc has {d_sae} latents; "
             "the file does not belong to that release path (pass the right release_path)"
         )
+    d_in = d_in if d_in is not None else facts.get("d_in")
     if d_in is not None and sd["W_enc"].shape[0] != d_in:
-        raise ConversionError(f"{file}: W_enc has d_in {sd['W_enc'].shape[0]}, expected {d_in}")
-    metadata: dict[str, Any] = {}
+        raise ConversionError(
+            f"{file}: W_enc has d_in {sd['W_enc'].shape[0]}, but {d_in} was given or implied by "
+            "the release path; the file belongs to another model or site"
+        )
+    metadata: dict[str, Any] = {k: facts[k] for k in ("model_name",) if k in facts}
     if hook_name or facts.get("hook_name"):
         metadata["hook_name"] = hook_name or facts["hook_name"]
     return JumpReLUWeights(**sd, apply_b_dec_to_input=False, metadata=metadata, source=str(file))
