@@ -1,11 +1,14 @@
 """convert(): round trips between every pair of formats, detection, refusal, atomic writes, CLI."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from convert_factories import make_gated, make_jumprelu
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sae_lens_jumprelu.cli import main, parse_args
 from sae_lens_jumprelu.convert import (
@@ -168,3 +171,37 @@ def test_cli_convert_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     argv = ["convert", str(bad), str(tmp_path / "j"), "--to", "jumprelu", "--allow-inexact"]
     assert main(argv) == 0
     assert "INEXACT latents [2, 7]" in capsys.readouterr().out
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(list(SOURCES)),
+    via=st.sampled_from(list(TARGETS)),
+    d_in=st.integers(1, 9),
+    d_sae=st.integers(1, 9),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    apply=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_round_trips_over_random_shapes_dtypes_and_biases(
+    kind: str, via: str, d_in: int, d_sae: int, dtype: torch.dtype, apply: bool, seed: int
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if kind == "gated":
+            weights: JumpReLUWeights | GatedWeights = make_gated(d_in, d_sae, dtype, apply, seed)
+        else:
+            weights = make_jumprelu(d_in, d_sae, dtype, apply, seed)
+        if kind == "gemma-scope":
+            src = root / "params.npz"
+            write_gemma_scope(weights, src)
+        else:
+            src = root / "src"
+            src.mkdir()
+            writer = write_dictionary_learning if kind == "dictionary-learning" else write_sae_lens
+            writer(weights, src)
+        mid, back = _dst(root, via, "mid"), _dst(root, SOURCES[kind], "back")
+        convert(src, mid, via, n_inputs=64)
+        convert(mid, back, SOURCES[kind], n_inputs=64)
+        result = verify(load(src), load(back), n_inputs=64, seed=seed)
+        assert result.unexplained_mismatches == 0 and result.exact(1e-5), result.summary()
