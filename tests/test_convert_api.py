@@ -101,6 +101,18 @@ def test_existing_dst_is_refused_and_kept(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jumprelu", "out"]  # no temp left
 
 
+def test_existing_file_dst_is_replaced_only_with_overwrite(tmp_path: Path) -> None:
+    src = _write_source("jumprelu", tmp_path)
+    dst = tmp_path / "params.npz"
+    dst.write_bytes(b"old")
+    with pytest.raises(OutputExistsError):
+        convert(src, dst, "gemma-scope")
+    assert dst.read_bytes() == b"old"
+    convert(src, dst, "gemma-scope", overwrite=True)
+    assert detect_format(dst) == "gemma-scope" and load(dst).d_sae == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jumprelu", "params.npz"]
+
+
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     def half_then_fail(tmp: Path) -> None:
         (tmp / "cfg.json").write_text("{")

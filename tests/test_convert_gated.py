@@ -13,6 +13,7 @@ from sae_lens_jumprelu.convert import (
     GatedWeights,
     JumpReLUWeights,
     gated_to_jumprelu,
+    gated_with_b_dec_applied,
     jumprelu_to_gated,
     verify,
 )
@@ -105,3 +106,12 @@ def test_round_trips_keep_the_function(
     again = gated_to_jumprelu(jumprelu_to_gated(w, dst_apply)).weights.with_b_dec_applied(src_apply)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
         torch.testing.assert_close(getattr(again, name), getattr(w, name), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("apply", [True, False])
+def test_gated_b_dec_refold_keeps_the_function(apply: bool) -> None:
+    gated = make_gated(d_in=16, d_sae=32, apply=apply)
+    refolded = gated_with_b_dec_applied(gated, not apply)
+    assert refolded.apply_b_dec_to_input is (not apply)
+    result = verify(gated, refolded)
+    assert result.unexplained_mismatches == 0 and result.exact(1e-5), result.summary()
