@@ -25,18 +25,98 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--d-sae", type=int, default=512, help="number of latents")
     demo.add_argument("--recipe", choices=sorted(RECIPES), default="short_budget")
     demo.add_argument("--seed", type=int, default=0)
+    _add_convert_parser(commands)
     return parser
+
+
+def _add_convert_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from sae_lens_jumprelu.convert import TARGETS
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert SAE weights exactly between formats (source format detected from its files)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="targets:\n"
+        + "\n".join(f"  {name:20s} {t.description}" for name, t in TARGETS.items()),
+    )
+    convert.add_argument(
+        "src", type=Path, help="SAELens dir, dictionary_learning dir or params file"
+    )
+    convert.add_argument("dst", type=Path, help="output file (gemma-scope) or directory")
+    convert.add_argument("--to", required=True, choices=list(TARGETS), help="target format")
+    convert.add_argument(
+        "--allow-inexact",
+        action="store_true",
+        help="write even if the result computes a different function; report the latents",
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    convert.add_argument(
+        "--apply-b-dec-to-input",
+        choices=["true", "false"],
+        default=None,
+        help="subtract b_dec from inputs in the result (default: as the source; gemma-scope: "
+        "false)",
+    )
+    convert.add_argument(
+        "--release-path",
+        default=None,
+        help="Gemma Scope release path to infer the hook from, e.g. "
+        "gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71 (default: SRC's own path)",
+    )
+    convert.add_argument("--hook-name", default=None, help="hook point to record in the result")
+    convert.add_argument("--d-in", type=int, default=None, help="check the SAE's input width")
+    convert.add_argument("--n-inputs", type=int, default=512, help="random inputs for verification")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if getattr(args, "steps", 1) <= 0:
         raise SystemExit("sae-jumprelu: --steps must be positive")
+    if getattr(args, "n_inputs", 2) <= 1:
+        raise SystemExit("sae-jumprelu: --n-inputs must be at least 2")
     return args
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from sae_lens_jumprelu.convert import ConversionError, convert
+
+    apply = None if args.apply_b_dec_to_input is None else args.apply_b_dec_to_input == "true"
+    try:
+        result = convert(
+            args.src,
+            args.dst,
+            args.to,
+            allow_inexact=args.allow_inexact,
+            overwrite=args.overwrite,
+            apply_b_dec_to_input=apply,
+            release_path=args.release_path,
+            hook_name=args.hook_name,
+            d_in=args.d_in,
+            n_inputs=args.n_inputs,
+        )
+    except (ConversionError, OSError) as e:  # OSError: existing DST, missing dir, permissions
+        sys.stderr.write(f"sae-jumprelu convert: error: {e}\n")
+        return 2
+    out = sys.stdout
+    out.write(f"{args.src} ({result.source_format}) -> {args.dst} ({result.target})\n")
+    if result.clamped:
+        out.write(
+            f"{len(result.clamped)} Gated latents had a negative implied threshold, set to 0 "
+            f"(exact: the JumpReLU forward applies ReLU): {result.clamped[:20]}\n"
+        )
+    per_latent = result.verification.per_latent_max_abs
+    for issue in result.issues:
+        out.write(f"INEXACT latents {issue.latents[:20]}: {issue.reason}\n")
+        worst = {i: float(per_latent[i]) for i in issue.latents[:20]}
+        out.write(f"  max |f_src - f_dst| per latent: {worst}\n")
+    out.write(result.verification.summary() + "\n")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "convert":
+        return run_convert(args)
     if args.command == "demo":
         from sae_lens_jumprelu.demo import run_demo
 

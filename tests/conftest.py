@@ -23,7 +23,8 @@ from jaxtyping import install_import_hook  # noqa: E402
 torch.set_num_threads(1)
 
 # Every module but ``config``: there beartype would reject a bad Literal (an unknown kernel, say)
-# in the dataclass __init__ before __post_init__, hiding the ValueError users actually get.
+# in the dataclass __init__ before __post_init__, hiding the ValueError users actually get; the
+# same holds for ``convert.weights`` (a wrong-shaped tensor must reach the ConversionError).
 CHECKED_MODULES = [
     f"sae_lens_jumprelu.{name}"
     for name in (
@@ -34,6 +35,13 @@ CHECKED_MODULES = [
         "metrics",
         "registration",
         "synthetic",
+        "convert.gated",
+        "convert.verify",
+        "convert.atomic",
+        "convert.sae_lens_format",
+        "convert.gemma_scope",
+        "convert.dictionary_learning",
+        "convert.api",
     )
 ]
 assert "sae_lens_jumprelu" not in sys.modules, (
@@ -43,6 +51,7 @@ assert "sae_lens_jumprelu" not in sys.modules, (
 TYPECHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
 with install_import_hook(CHECKED_MODULES, TYPECHECKER):
     import sae_lens_jumprelu  # noqa: F401
+    import sae_lens_jumprelu.convert  # noqa: F401
     import sae_lens_jumprelu.synthetic  # noqa: F401
 
 from sae_lens.saes.sae import TrainStepInput  # noqa: E402

@@ -1,0 +1,76 @@
+"""Atomic output: a reader sees the old DST, nothing, or the complete new DST, never a part.
+
+Files are written to a temporary name in DST's directory and renamed over it (``os.replace`` is
+atomic within one file system); a directory is assembled in a temporary directory beside DST and
+renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+class OutputExistsError(FileExistsError):
+    """DST exists and overwriting was not requested."""
+
+
+def check_destination(dst: Path, overwrite: bool) -> None:
+    """Refuse an existing ``dst`` unless ``overwrite``, and a missing parent directory."""
+    if dst.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{dst} already exists; choose another destination or pass overwrite=True "
+            "(--overwrite) to replace it"
+        )
+    if not dst.parent.is_dir():
+        raise FileNotFoundError(f"the parent directory of {dst} does not exist; create it first")
+
+
+@contextlib.contextmanager
+def _temp_beside(dst: Path, is_dir: bool) -> Iterator[Path]:
+    prefix = f".{dst.name}.tmp-"
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dst.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=dst.parent, suffix=dst.suffix)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def _replace(tmp: Path, dst: Path) -> None:
+    if tmp.is_dir() or (dst.is_dir() and not dst.is_symlink()):
+        # A directory cannot be replaced in one rename: move the old DST aside first.
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        if dst.exists() or dst.is_symlink():
+            os.replace(dst, old / dst.name)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
+
+
+def write_file_atomic(dst: Path, write: Callable[[Path], None], overwrite: bool = False) -> None:
+    """Call ``write(tmp_path)`` then rename the finished file to ``dst``."""
+    check_destination(dst, overwrite)
+    with _temp_beside(dst, is_dir=False) as tmp:
+        write(tmp)
+        _replace(tmp, dst)
+
+
+def write_dir_atomic(dst: Path, write: Callable[[Path], None], overwrite: bool = False) -> None:
+    """Call ``write(tmp_dir)`` to fill a fresh directory, then rename it to ``dst``."""
+    check_destination(dst, overwrite)
+    with _temp_beside(dst, is_dir=True) as tmp:
+        write(tmp)
+        _replace(tmp, dst)
