@@ -24,6 +24,7 @@ def train_and_score(
 ) -> dict[str, Any]:
     torch.set_num_threads(1)
     model = task.build()
+    torch.manual_seed(0)  # the same initialisation whichever worker and job order
     sae = make_sae(task.hidden_dim)
     train_on_synthetic(sae, model, trainer.trainer_settings(steps * trainer.batch_size), seed=0)
     scores = score_on_synthetic(sae, model)

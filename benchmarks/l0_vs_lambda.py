@@ -7,7 +7,7 @@ SAELens issues #494/#719 report its coefficient saturating: final L0 barely move
 ~0.1-1, and short runs leave L0 flat. Both SAEs train with SAELens's own SAETrainer on the same
 synthetic batches for the same steps at each lambda (same optimiser settings); the table shows
 whether L0 keeps responding. Lambdas are in each SAE's own loss units (ours: E||x||^2 = 1 as in
-the paper; SAELens: the raw activations, here E||x||^2 ~ 2), so compare the shape of each column.
+the paper; SAELens: the raw activations, here E||x||^2 = 3.4), so compare the shape of each column.
 """
 
 import argparse
