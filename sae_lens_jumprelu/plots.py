@@ -21,7 +21,7 @@ def plot_training_curve(
             ax.legend()
         ax.set_xlabel("step")
         ax.set_title(name)
-        if name in ("mse_loss", "l0_coefficient"):
+        if name in ("mse_loss", "l0", "l0_coefficient"):
             ax.set_yscale("log")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
