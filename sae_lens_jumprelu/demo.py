@@ -1,6 +1,5 @@
 """The synthetic-data demo: train a JumpReLU SAE through SAELens's trainer, save, reload, score."""
 
-import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,6 @@ from sae_lens_jumprelu.synthetic import (
     train_on_synthetic,
 )
 from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,15 @@ def _check_tensor(name: str, value: Tensor, shape: tuple[int, ...], source: str)
         )
 
 
+def _encoder_dims(W_enc: Tensor, source: str) -> tuple[int, int]:
+    """``(d_in, d_sae)`` from a 2-D encoder matrix, or a clear error."""
+    if W_enc.ndim != 2:
+        raise ConversionError(
+            f"{source}: W_enc must be 2-D [d_in, d_sae], got shape {list(W_enc.shape)}"
+        )
+    return W_enc.shape[0], W_enc.shape[1]
+
+
 @dataclass(frozen=True)
 class JumpReLUWeights:
     """A JumpReLU SAE's weights plus the facts needed to run it; validated on construction."""
@@ -63,12 +72,7 @@ class JumpReLUWeights:
     """Where the weights came from, used in error messages."""
 
     def __post_init__(self) -> None:
-        if self.W_enc.ndim != 2:
-            raise ConversionError(
-                f"{self.source}: W_enc must be 2-D [d_in, d_sae], got shape "
-                f"{list(self.W_enc.shape)}"
-            )
-        d_in, d_sae = self.W_enc.shape
+        d_in, d_sae = _encoder_dims(self.W_enc, self.source)
         _check_tensor("W_enc", self.W_enc, (d_in, d_sae), self.source)
         _check_tensor("b_enc", self.b_enc, (d_sae,), self.source)
         _check_tensor("W_dec", self.W_dec, (d_sae, d_in), self.source)
@@ -155,12 +159,7 @@ class GatedWeights:
     """Where the weights came from, used in error messages."""
 
     def __post_init__(self) -> None:
-        if self.W_enc.ndim != 2:
-            raise ConversionError(
-                f"{self.source}: W_enc must be 2-D [d_in, d_sae], got shape "
-                f"{list(self.W_enc.shape)}"
-            )
-        d_in, d_sae = self.W_enc.shape
+        d_in, d_sae = _encoder_dims(self.W_enc, self.source)
         _check_tensor("W_enc", self.W_enc, (d_in, d_sae), self.source)
         for name in ("b_gate", "r_mag", "b_mag"):
             _check_tensor(name, getattr(self, name), (d_sae,), self.source)
