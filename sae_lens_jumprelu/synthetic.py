@@ -103,8 +103,17 @@ def train_on_synthetic(
     """Train ``sae`` with SAELens's own ``SAETrainer`` on batches sampled from ``model``.
 
     Driven through the trainer's public per-step seams (as SAELens's ``MultiSAETrainer`` does)
-    so that ``on_step(step, output)`` sees every step's losses and metrics.
+    so that ``on_step(step, output)`` sees every step's losses and metrics. Unlike
+    ``SAETrainer.fit`` this does not estimate SAELens's activation scaler, so SAEs configured
+    with ``normalize_activations="expected_average_only_in"`` are refused; ours normalise
+    themselves (``normalize_to_unit_mean_square``).
     """
+    if sae.cfg.normalize_activations not in ("none",):
+        raise ValueError(
+            f"train_on_synthetic does not run SAELens's activation scaler; got "
+            f"normalize_activations={sae.cfg.normalize_activations!r}: use 'none' (this "
+            "package's SAEs normalise themselves) or SAETrainer.fit"
+        )
     torch.manual_seed(seed)
     data = SyntheticActivationIterator(
         feature_dict=model.feature_dict,
