@@ -44,6 +44,8 @@ def variants() -> dict[str, Recipe]:
         "unit-norm decoder rows (paper)": with_sae(decoder_init_norm=1.0, decoder_unit_norm=True),
         "lr 3e-4": replace(sb, lr=3e-4),
         "bandwidth 0.01": with_sae(jumprelu_bandwidth=0.01),
+        "no gradient clip (paper)": with_sae(max_grad_norm=None),
+        "controller rate 0.05, gain 1": with_sae(target_l0_rate=0.05, target_l0_gain=1.0),
     }
 
 

@@ -109,6 +109,12 @@ SHORT_BUDGET = Recipe(
         "decoder_init_norm": 0.1,
         "decoder_unit_norm": False,
         "l0_warm_up_steps": 0,  # target mode controls lambda; a fixed lambda applies at once
+        # Bounds early gradient spikes; with the gentler controller below it lifted MCC from
+        # 0.789 to 0.806 and brought L0 from 2.95 to 3.89 for target 4
+        # (benchmarks/sparsity_mechanisms.py setting, 1000 steps).
+        "max_grad_norm": 1.0,
+        "target_l0_rate": 0.01,  # 0.05 wound lambda up 17x in the first 60 steps
+        "target_l0_gain": 3.0,
     },
     # Reverted to lr 3e-4: FVU 0.416; to the paper's optimiser (7e-5, 1k warm-up, beta1 0):
     # FVU 0.908, the weights barely move in 600 steps.
