@@ -5,7 +5,8 @@
 Our SAE configured like SAELens's defaults (raw units, bandwidth 0.05, theta_init 0.01, b_dec at
 zero, quadratic penalty around target 4) trained with and without SAELens's hard-coded gradient
 clip at 1.0 (``max_grad_norm=1.0`` re-applies it after GradientGuard undoes it), and our
-short_budget target mode with and without the same clip. Same batches, same held-out samples.
+short_budget target mode with and without the same clip, and with the controller settings used
+before (integral rate 0.05, gain 1) without the clip. Same batches, same held-out samples.
 """
 
 import argparse
@@ -48,7 +49,7 @@ def main() -> None:
     jobs: list[Job] = [
         (
             {"run": "SAELens-like quadratic, no clip"},
-            partial(ours, target_l0=k, **SAE_LENS_DEFAULTS),
+            partial(ours, target_l0=k, max_grad_norm=None, **SAE_LENS_DEFAULTS),
             SHORT_BUDGET,
         ),
         (
@@ -56,10 +57,19 @@ def main() -> None:
             partial(ours, target_l0=k, max_grad_norm=1.0, **SAE_LENS_DEFAULTS),
             SHORT_BUDGET,
         ),
-        ({"run": "short_budget target mode, no clip"}, partial(ours, target_l0=k), SHORT_BUDGET),
+        (
+            {"run": "short_budget target mode, no clip"},
+            partial(ours, target_l0=k, max_grad_norm=None),
+            SHORT_BUDGET,
+        ),
         (
             {"run": "short_budget target mode, clip 1.0"},
             partial(ours, target_l0=k, max_grad_norm=1.0),
+            SHORT_BUDGET,
+        ),
+        (
+            {"run": "short_budget, old controller (rate 0.05, gain 1), no clip"},
+            partial(ours, target_l0=k, max_grad_norm=None, target_l0_rate=0.05, target_l0_gain=1.0),
             SHORT_BUDGET,
         ),
     ]
