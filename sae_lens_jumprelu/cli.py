@@ -2,10 +2,14 @@
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sae_lens_jumprelu.recipes import RECIPES
+
+if TYPE_CHECKING:
+    from sae_lens_jumprelu.train import TrainJob
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +29,92 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--d-sae", type=int, default=512, help="number of latents")
     demo.add_argument("--recipe", choices=sorted(RECIPES), default="short_budget")
     demo.add_argument("--seed", type=int, default=0)
+    _add_train_parsers(commands)
     _add_convert_parser(commands)
     return parser
+
+
+def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    train = commands.add_parser(
+        "train",
+        help="train JumpReLU SAEs on a language model's activations (default: the embedded "
+        "Gemma 3 270M's middle residual stream, offline)",
+    )
+    collect = commands.add_parser(
+        "collect", help="write activations at some sites to a resumable disk cache"
+    )
+    for sub in (train, collect):
+        sub.add_argument(
+            "--model",
+            default=None,
+            help="TransformerLens model name (default: the embedded gemma-3-270m)",
+        )
+        sub.add_argument(
+            "--site",
+            action="append",
+            default=[],
+            dest="sites",
+            help="resid:L, attn:L, mlp:L (L: 6, 0-5, 3,7 or *) or a hook name; "
+            "repeatable, one SAE per site (default: resid at the middle layer)",
+        )
+        sub.add_argument(
+            "--dataset",
+            default=None,
+            help="HF dataset name or local "
+            ".txt/.jsonl/.parquet file or directory (default: embedded text)",
+        )
+        sub.add_argument(
+            "--tokens", type=_positive_int, default=250_000, help="training tokens (default 250000)"
+        )
+        sub.add_argument("--context-size", type=_positive_int, default=128)
+        sub.add_argument("--device", default="cpu")
+        sub.add_argument(
+            "--dtype",
+            default="float32",
+            choices=["float32", "bfloat16", "float16"],
+            help="dtype of the language model",
+        )
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument(
+            "--eval-tokens",
+            type=_positive_int,
+            default=8192,
+            help="held-out tokens (train: evaluated on; collect: stored)",
+        )
+    train.add_argument("--out", type=Path, default=Path("sae-jumprelu-run"))
+    collect.add_argument("--out", type=Path, required=True, help="cache directory")
+    collect.add_argument("--contexts-per-shard", type=_positive_int, default=64)
+    train.add_argument(
+        "--activations",
+        type=Path,
+        default=None,
+        help="train from a cache written by `collect` instead of the model",
+    )
+    train.add_argument("--d-sae", type=_positive_int, default=4096, help="latents per SAE")
+    sparsity = train.add_mutually_exclusive_group()
+    sparsity.add_argument(
+        "--target-l0", type=float, default=None, help="mean active latents to reach (default 32)"
+    )
+    sparsity.add_argument(
+        "--l0-coefficient",
+        type=float,
+        default=None,
+        help="fixed lambda of the L0 penalty, the paper's mode",
+    )
+    train.add_argument("--recipe", choices=sorted(RECIPES), default="short_budget")
+    train.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="activations per step (default: the recipe's)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
 
 
 def _add_convert_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -113,10 +201,54 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job(args: argparse.Namespace) -> "TrainJob":
+    from sae_lens_jumprelu.train import TrainJob
+
+    fields = set(TrainJob.__dataclass_fields__)
+    return TrainJob(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    from sae_lens_jumprelu.train import run_train
+
+    result = run_train(_job(args))
+    out = sys.stdout
+    for hook, e in result.evaluations.items():
+        out.write(
+            f"{hook}: held-out L0 {e.l0:.1f}  FVU {e.fvu:.4f}  delta LM loss "
+            f"{e.delta_lm_loss:.4f} (clean CE {e.ce_clean:.3f})  dead {e.frac_dead:.1%}  "
+            f"[{e.tokens} tokens]\n"
+            f"  SAE (SAELens 'jumprelu'): {result.sae_dirs[hook]}\n"
+            f"  training curve: {result.curves[hook]}\n"
+        )
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    out.write(f"metrics: {result.out / 'metrics.json'}  ({timing})\n")
+    return 0
+
+
+def run_collect_command(args: argparse.Namespace) -> int:
+    from sae_lens_jumprelu.train import run_collect
+
+    cache = run_collect(_job(args), args.contexts_per_shard)
+    state = "complete" if cache.complete else "INCOMPLETE"
+    sys.stdout.write(
+        f"{cache.path}: {cache.tokens} tokens at {len(cache.sites)} site(s), {state}\n"
+        + "".join(
+            f"  {s.hook_name}  d_in {s.d_in}  E||x||^2 {cache.mean_squared_norm(s.hook_name):.4g}\n"
+            for s in cache.sites
+        )
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "convert":
         return run_convert(args)
+    if args.command == "train":
+        return _friendly(run_train_command, args)
+    if args.command == "collect":
+        return _friendly(run_collect_command, args)
     if args.command == "demo":
         from sae_lens_jumprelu.demo import run_demo
 
@@ -130,6 +262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"training curve: {result.curve_png}\n"
         )
     return 0
+
+
+def _friendly(command: "Callable[[argparse.Namespace], int]", args: argparse.Namespace) -> int:
+    """Input errors as one line naming the problem, not a traceback."""
+    try:
+        return command(args)
+    except ValueError as error:  # our input errors (CorpusError, ActivationCacheError...)
+        sys.stderr.write(f"sae-jumprelu {args.command}: error: {error}\n")
+        return 2
 
 
 if __name__ == "__main__":

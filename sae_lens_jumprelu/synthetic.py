@@ -6,11 +6,10 @@ the tests all use these helpers.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import SAE, TrainingSAE, TrainStepOutput
 from sae_lens.synthetic import (
     SyntheticModel,
@@ -20,9 +19,10 @@ from sae_lens.synthetic import (
 from sae_lens.synthetic.synthetic_model import SyntheticModelConfig
 from sae_lens.synthetic.training import SyntheticActivationIterator
 from sae_lens.training.sae_trainer import SAETrainer
-from tqdm.auto import tqdm
 
 from sae_lens_jumprelu.metrics import FVUAccumulator
+from sae_lens_jumprelu.trainer_settings import TrainerSettings
+from sae_lens_jumprelu.training_loop import train_in_lockstep
 
 
 @dataclass(frozen=True)
@@ -59,37 +59,6 @@ class SyntheticTask:
         return SyntheticModel(cfg, device=device)
 
 
-@dataclass(frozen=True)
-class TrainerSettings:
-    """The SAELens ``SAETrainerConfig`` fields a run sets; the rest keep SAELens's defaults."""
-
-    total_samples: int = 4096 * 1000
-    batch_size: int = 4096
-    lr: float = 3e-4
-    lr_warm_up_steps: int = 0
-    lr_decay_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    device: str = "cpu"
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Any other ``SAETrainerConfig`` field."""
-
-    def to_trainer_config(self) -> SAETrainerConfig:
-        return SAETrainerConfig(
-            total_training_samples=self.total_samples,
-            train_batch_size_samples=self.batch_size,
-            lr=self.lr,
-            lr_end=self.lr,
-            lr_warm_up_steps=self.lr_warm_up_steps,
-            lr_decay_steps=self.lr_decay_steps,
-            adam_beta1=self.adam_beta1,
-            adam_beta2=self.adam_beta2,
-            device=self.device,
-            logger=LoggingConfig(log_to_wandb=False),
-            **self.extra,
-        )
-
-
 StepCallback = Callable[[int, TrainStepOutput], None]
 
 
@@ -100,36 +69,19 @@ def train_on_synthetic(
     seed: int = 0,
     on_step: StepCallback | None = None,
 ) -> SAETrainer[Any, Any]:
-    """Train ``sae`` with SAELens's own ``SAETrainer`` on batches sampled from ``model``.
-
-    Driven through the trainer's public per-step seams (as SAELens's ``MultiSAETrainer`` does)
-    so that ``on_step(step, output)`` sees every step's losses and metrics. Unlike
-    ``SAETrainer.fit`` this does not estimate SAELens's activation scaler, so SAEs configured
-    with ``normalize_activations="expected_average_only_in"`` are refused; ours normalise
-    themselves (``normalize_to_unit_mean_square``).
-    """
-    if sae.cfg.normalize_activations not in ("none",):
-        raise ValueError(
-            f"train_on_synthetic does not run SAELens's activation scaler; got "
-            f"normalize_activations={sae.cfg.normalize_activations!r}: use 'none' (this "
-            "package's SAEs normalise themselves) or SAETrainer.fit"
-        )
+    """Train ``sae`` with SAELens's own ``SAETrainer`` on batches sampled from ``model``
+    (``training_loop.train_in_lockstep``, so ``on_step(step, output)`` sees every step)."""
     torch.manual_seed(seed)
     data = SyntheticActivationIterator(
         feature_dict=model.feature_dict,
         activations_generator=model.activation_generator,
         batch_size=settings.batch_size,
     )
-    trainer = SAETrainer(cfg=settings.to_trainer_config(), sae=sae, data_provider=data)
-    sae.to(settings.device)
-    for _ in tqdm(range(trainer.cfg.total_training_steps), desc="training", unit="step"):
-        trainer.maybe_reset_sparsity()
-        output = trainer.step(next(data))
-        trainer.n_training_steps += 1
-        if on_step is not None:
-            on_step(trainer.n_training_steps, output)
-    trainer.set_final_sae_metadata()
-    return trainer
+    callback = None if on_step is None else lambda _name, step, output: on_step(step, output)
+    trainers = train_in_lockstep(
+        {"sae": sae}, {"sae": "x"}, ({"x": batch} for batch in data), settings, callback
+    )
+    return trainers["sae"]
 
 
 @dataclass(frozen=True)

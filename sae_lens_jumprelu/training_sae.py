@@ -69,6 +69,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             else None
         )
         self._guard: GradientGuard | None = None
+        self._input_scale_given = False
 
     # ---- parameters -------------------------------------------------------------------------
 
@@ -257,9 +258,19 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         if self.cfg.decoder_unit_norm:
             self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8))
 
+    def set_mean_squared_norm(self, mean_squared_norm: float) -> None:
+        """Normalise by a dataset-wide E||x||^2 (e.g. an activation cache's) instead of the
+        first batch's estimate."""
+        if not self.cfg.normalize_to_unit_mean_square:
+            raise ValueError("this SAE's config has normalize_to_unit_mean_square=False")
+        if not mean_squared_norm > 0:
+            raise ValueError(f"E||x||^2 must be positive, got {mean_squared_norm}")
+        self.input_scale.fill_(mean_squared_norm**-0.5)
+        self._input_scale_given = True
+
     def _initialise_from_batch(self, x: Tensor) -> None:
         flat = x.reshape(-1, self.cfg.d_in).float()
-        if self.cfg.normalize_to_unit_mean_square:
+        if self.cfg.normalize_to_unit_mean_square and not self._input_scale_given:
             self.input_scale.fill_(flat.pow(2).sum(dim=-1).mean().rsqrt().item())
         if self.cfg.init_b_dec_to_mean:
             mean = (flat * self.input_scale).mean(dim=0).to(self.dtype)

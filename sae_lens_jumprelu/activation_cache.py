@@ -1,0 +1,315 @@
+"""A disk cache of activations: sharded safetensors plus a JSON manifest, resumable.
+
+Shard ``i`` holds the activations of contexts ``[i * contexts_per_shard, (i + 1) *
+contexts_per_shard)`` at every site (one key per hook name, plus ``token_ids``), rows shuffled
+within the shard. Shards are written to a temporary file and renamed; the manifest, rewritten
+atomically after each shard, lists only shards that are complete, with their size and CRC32. A
+run interrupted at any point therefore leaves a valid cache; running the same ``collect`` again
+verifies what is there, re-collects missing or damaged shards from their own contexts and adds
+the rest: no token is duplicated or lost.
+"""
+
+import json
+import math
+import os
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from sae_lens_jumprelu.activations import SiteBatch, shuffled_batches, site_activations
+from sae_lens_jumprelu.sites import Site
+
+FORMAT = "sae-lens-jumprelu/activation-cache"
+VERSION = 1
+MANIFEST = "manifest.json"
+HELD_OUT = "held_out_tokens.safetensors"
+# What must match for a resumed run to extend a cache rather than mix two different ones.
+_IDENTITY_KEYS = (
+    "model",
+    "sites",
+    "dtype",
+    "context_size",
+    "dataset",
+    "exclude_token_ids",
+    "contexts_per_shard",
+    "seed",
+)
+
+
+class ActivationCacheError(ValueError):
+    """The cache directory is unusable as it stands; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cache holds; recorded in the manifest."""
+
+    model: str
+    sites: list[Site]
+    dataset: str
+    context_size: int
+    exclude_token_ids: list[int]
+    contexts_per_shard: int = 64
+    seed: int = 0
+
+    def identity(self, dtype: torch.dtype) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "sites": [
+                {"hook_name": s.hook_name, "d_in": s.d_in, "layer": s.layer} for s in self.sites
+            ],
+            "dtype": str(dtype).removeprefix("torch."),
+            "context_size": self.context_size,
+            "dataset": self.dataset,
+            "exclude_token_ids": list(self.exclude_token_ids),
+            "contexts_per_shard": self.contexts_per_shard,
+            "seed": self.seed,
+        }
+
+
+def write_activation_cache(
+    out_dir: str | Path,
+    model: HookedTransformer,
+    spec: CacheSpec,
+    contexts: Int[Tensor, "n_contexts context"],
+    held_out: Int[Tensor, "n_held_out context"] | None = None,
+    *,
+    contexts_per_pass: int = 16,
+) -> "ActivationCache":
+    """Collect (or finish collecting) the activations of ``contexts`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stray in out.glob(".*.tmp"):
+        stray.unlink()  # a shard or manifest whose write was interrupted
+    identity = spec.identity(model.cfg.dtype)
+    manifest = _start_manifest(out, identity)
+    if held_out is not None and not (out / HELD_OUT).exists():
+        _atomic_write(out / HELD_OUT, save({"tokens": held_out.contiguous()}))
+    n_shards = math.ceil(contexts.shape[0] / spec.contexts_per_shard)
+    done = {entry["index"]: entry for entry in manifest["shards"] if _shard_ok(out, entry)}
+    damaged = [e["file"] for e in manifest["shards"] if e["index"] not in done]
+    if damaged:
+        warnings.warn(f"re-collecting damaged or missing shards {damaged}", stacklevel=2)
+    todo = [index for index in range(n_shards) if index not in done]
+    for index in tqdm(todo, desc=f"collecting to {out}", unit="shard"):
+        start = index * spec.contexts_per_shard
+        shard_contexts = contexts[start : start + spec.contexts_per_shard]
+        done[index] = _collect_shard(out, model, spec, index, shard_contexts, contexts_per_pass)
+        manifest["shards"] = [done[i] for i in sorted(done)]
+        _write_manifest(out, manifest, n_shards)
+    _write_manifest(out, {**manifest, "shards": [done[i] for i in sorted(done)]}, n_shards)
+    return ActivationCache(out)
+
+
+def _start_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    path = out / MANIFEST
+    if not path.exists():
+        if any(out.glob("shard_*.safetensors")):
+            raise ActivationCacheError(
+                f"{out} has shards but no {MANIFEST}: it is not a cache this tool can extend; "
+                "choose an empty directory"
+            )
+        return {"format": FORMAT, "version": VERSION, **identity, "shards": []}
+    manifest = _read_manifest(out)
+    changed = [key for key in _IDENTITY_KEYS if manifest.get(key) != identity[key]]
+    if changed:
+        detail = "; ".join(
+            f"{k}: cache has {manifest.get(k)!r}, now {identity[k]!r}" for k in changed
+        )
+        raise ActivationCacheError(
+            f"{out} holds a different collection ({detail}); resume with the same settings or "
+            "write to a new directory"
+        )
+    return manifest
+
+
+@torch.no_grad()
+def _collect_shard(
+    out: Path,
+    model: HookedTransformer,
+    spec: CacheSpec,
+    index: int,
+    contexts: Tensor,
+    contexts_per_pass: int,
+) -> dict[str, Any]:
+    parts: list[SiteBatch] = []
+    token_parts: list[Tensor] = []
+    for start in range(0, contexts.shape[0], contexts_per_pass):
+        batch, tokens = site_activations(
+            model, spec.sites, contexts[start : start + contexts_per_pass], spec.exclude_token_ids
+        )
+        parts.append({hook: acts.cpu() for hook, acts in batch.items()})
+        token_parts.append(tokens)
+    # Rows shuffled within the shard, one permutation for every site (seeded by shard: a
+    # re-collected shard is bit-identical).
+    token_ids = torch.cat(token_parts)
+    order = torch.randperm(
+        token_ids.shape[0], generator=torch.Generator().manual_seed(spec.seed * 1_000_003 + index)
+    )
+    tensors = {"token_ids": token_ids[order].contiguous()}
+    for site in spec.sites:
+        tensors[site.hook_name] = torch.cat([p[site.hook_name] for p in parts])[order].contiguous()
+    data = save(tensors)
+    name = f"shard_{index:06d}.safetensors"
+    _atomic_write(out / name, data)
+    return {
+        "index": index,
+        "file": name,
+        "contexts": [
+            index * spec.contexts_per_shard,
+            index * spec.contexts_per_shard + contexts.shape[0],
+        ],
+        "tokens": int(token_ids.shape[0]),
+        "bytes": len(data),
+        "crc32": zlib.crc32(data),
+        "sum_squared_norm": {
+            site.hook_name: tensors[site.hook_name].float().pow(2).sum().item()
+            for site in spec.sites
+        },
+    }
+
+
+def _shard_ok(out: Path, entry: dict[str, Any]) -> bool:
+    path = out / entry["file"]
+    if not path.exists() or path.stat().st_size != entry["bytes"]:
+        return False
+    return zlib.crc32(path.read_bytes()) == entry["crc32"]
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any], n_shards: int) -> None:
+    shards = manifest["shards"]
+    tokens = sum(entry["tokens"] for entry in shards)
+    manifest["tokens"] = tokens
+    manifest["complete"] = set(range(n_shards)) <= {entry["index"] for entry in shards}
+    manifest["n_shards"] = n_shards
+    manifest["mean_squared_norm"] = {
+        site["hook_name"]: sum(e["sum_squared_norm"][site["hook_name"]] for e in shards)
+        / max(1, tokens)
+        for site in manifest["sites"]
+    }
+    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    path = out / MANIFEST
+    if not path.exists():
+        raise ActivationCacheError(
+            f"{out} is not an activation cache (no {MANIFEST}); write one with "
+            "`sae-jumprelu collect --out DIR`"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ActivationCacheError(
+            f"{path} is not valid JSON ({error}); the cache is damaged"
+        ) from error
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ActivationCacheError(
+            f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
+            f"expected {FORMAT!r} version {VERSION}"
+        )
+    return manifest
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class ActivationCache:
+    """Reads a cache written by ``write_activation_cache``."""
+
+    def __init__(self, path: str | Path, *, verify: bool = True):
+        self.path = Path(path)
+        self.manifest = _read_manifest(self.path)
+        # CRC32 of every shard read; off saves ~a third of the read time on trusted caches.
+        self.verify = verify
+
+    @property
+    def sites(self) -> list[Site]:
+        return [Site(**site) for site in self.manifest["sites"]]
+
+    @property
+    def tokens(self) -> int:
+        return self.manifest["tokens"]
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest["complete"]
+
+    def mean_squared_norm(self, hook_name: str) -> float:
+        """E||x||^2 over every cached token: the dataset-wide normalisation scalar is its
+        inverse square root."""
+        return self.manifest["mean_squared_norm"][hook_name]
+
+    def held_out_tokens(self) -> Tensor | None:
+        path = self.path / HELD_OUT
+        return load(path.read_bytes())["tokens"] if path.exists() else None
+
+    def read_shard(self, entry: dict[str, Any], hook_names: list[str]) -> SiteBatch:
+        path = self.path / entry["file"]
+        fix = (
+            f"delete it and run the same `sae-jumprelu collect` again: it re-collects only "
+            f"that shard (contexts {entry['contexts'][0]}-{entry['contexts'][1] - 1})"
+        )
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ActivationCacheError(f"cache shard {path} is missing; {fix}") from None
+        if len(data) != entry["bytes"]:
+            raise ActivationCacheError(
+                f"cache shard {path} is truncated or altered ({len(data)} bytes, manifest says "
+                f"{entry['bytes']}); {fix}"
+            )
+        if self.verify and zlib.crc32(data) != entry["crc32"]:
+            raise ActivationCacheError(f"cache shard {path} is corrupt (CRC32 mismatch); {fix}")
+        try:
+            tensors = load(data)
+        except SafetensorError as error:
+            raise ActivationCacheError(
+                f"cache shard {path} is unreadable ({error}); {fix}"
+            ) from error
+        return {hook: tensors[hook] for hook in hook_names}
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        hook_names: list[str] | None = None,
+        *,
+        shuffle_shards: bool = True,
+        buffer_shards: int = 4,
+        seed: int = 0,
+    ) -> Iterator[SiteBatch]:
+        """One pass over the cache in fixed-size batches (the last partial batch dropped),
+        shards in a seeded random order and rows mixed across ``buffer_shards`` shards."""
+        if not self.manifest["shards"]:
+            raise ActivationCacheError(f"{self.path} holds no complete shard yet")
+        hooks = hook_names or [site.hook_name for site in self.sites]
+        missing = sorted(set(hooks) - {site.hook_name for site in self.sites})
+        if missing:
+            raise ActivationCacheError(
+                f"{self.path} has no activations for {missing}; it holds "
+                f"{[site.hook_name for site in self.sites]}"
+            )
+        entries = list(self.manifest["shards"])
+        if shuffle_shards:
+            order = torch.randperm(len(entries), generator=torch.Generator().manual_seed(seed))
+            entries = [entries[i] for i in order]
+        mean_shard = self.tokens / len(entries)
+        shards = (self.read_shard(entry, hooks) for entry in entries)
+        return shuffled_batches(shards, hooks, batch_size, int(buffer_shards * mean_shard))

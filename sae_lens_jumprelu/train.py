@@ -1,0 +1,266 @@
+"""``sae-jumprelu train`` and ``collect``: JumpReLU SAEs on a language model's activations.
+
+One forward pass feeds one SAE per site (streamed, or read back from an activation cache);
+training is SAELens's ``SAETrainer``; results are SAELens-format SAEs, held-out metrics (L0, FVU,
+delta LM loss) and training-curve PNGs.
+"""
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+
+from sae_lens_jumprelu.activation_cache import ActivationCache, CacheSpec, write_activation_cache
+from sae_lens_jumprelu.activations import (
+    iter_site_activations,
+    peek_mean_squared_norms,
+    shuffled_batches,
+    special_token_ids,
+)
+from sae_lens_jumprelu.corpus import TokenCorpus, load_token_corpus
+from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes, write_evaluations
+from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
+from sae_lens_jumprelu.plots import plot_training_curve
+from sae_lens_jumprelu.recipes import get_recipe
+from sae_lens_jumprelu.sites import Site, default_site_spec, resolve_sites
+from sae_lens_jumprelu.training_loop import CurveRecorder, train_in_lockstep
+from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
+
+# Tokens per shuffle buffer of the streamed path: 32 forward passes of 16 contexts of 128.
+_BUFFER_TOKENS = 65_536
+# Batches whose E||x||^2 sets each SAE's normalisation when streaming (a cache has it exactly).
+_NORM_BATCHES = 8
+
+
+@dataclass
+class TrainJob:
+    """Everything ``sae-jumprelu train`` can be told; the defaults are the embedded run."""
+
+    model: str | None = None
+    """TransformerLens model name; None: the embedded Gemma 3 270M."""
+    sites: list[str] = field(default_factory=list)
+    """Site specs (``resid:6``, ``attn:0-3``, ``mlp:*``, hook names); empty: the middle
+    residual stream. One SAE per site, all fed by one forward pass."""
+    dataset: str | None = None
+    """HF dataset name or local text/JSONL/parquet file or directory; None: the embedded corpus."""
+    tokens: int = 250_000
+    """Training tokens per SAE."""
+    d_sae: int = 4096
+    """Latents per SAE."""
+    target_l0: float | None = None
+    """Mean active latents to reach (target mode); the default when no lambda is given: 32."""
+    l0_coefficient: float | None = None
+    """Fixed lambda of the L0 penalty (the paper's mode) instead of a target."""
+    recipe: str = "short_budget"
+    """Named recipe (``paper``, ``short_budget``)."""
+    batch_size: int | None = None
+    """Activations per training step; None: the recipe's."""
+    out: Path = Path("sae-jumprelu-run")
+    """Output directory: one SAELens SAE per site, metrics, curves."""
+    device: str = "cpu"
+    dtype: str = "float32"
+    """Dtype of the language model (the SAE trains in float32)."""
+    seed: int = 0
+    context_size: int = 128
+    """Tokens per context (BOS first)."""
+    eval_tokens: int = 8192
+    """Held-out tokens for L0, FVU and delta LM loss (documents never trained on)."""
+    activations: Path | None = None
+    """Train from this activation cache instead of running the model (``collect``'s output)."""
+
+    def sparsity(self) -> dict[str, float]:
+        if self.l0_coefficient is not None and self.target_l0 is not None:
+            raise ValueError("give --target-l0 or --l0-coefficient, not both")
+        if self.l0_coefficient is not None:
+            return {"l0_coefficient": self.l0_coefficient}
+        return {"target_l0": self.target_l0 if self.target_l0 is not None else 32.0}
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    sae_dirs: dict[str, Path]
+    """Hook name -> SAELens-format SAE directory."""
+    evaluations: dict[str, SAEEvaluation]
+    curves: dict[str, Path]
+    seconds: dict[str, float]
+
+
+def run_train(job: TrainJob) -> TrainResult:
+    job.sparsity()  # a contradictory request fails before the model loads
+    torch.manual_seed(job.seed)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    cache = ActivationCache(job.activations) if job.activations is not None else None
+    model_name = cache.manifest["model"] if cache is not None else job.model
+    model = load_model(model_name, device=job.device, dtype=job.dtype)
+    seconds["load_model"] = time.perf_counter() - started
+    exclude = special_token_ids(model)
+    recipe = get_recipe(job.recipe)
+    if job.batch_size is not None:
+        recipe = replace(recipe, batch_size=job.batch_size)
+
+    if cache is None:
+        sites = resolve_sites(model, job.sites or [default_site_spec(model)])
+        corpus = _load_corpus(model, job)
+        held_out = corpus.held_out
+        passes = iter_site_activations(
+            model, sites, corpus.train, exclude_token_ids=exclude, progress=None
+        )
+        hooks = [site.hook_name for site in sites]
+        stream = shuffled_batches(passes, hooks, recipe.batch_size, _BUFFER_TOKENS)
+        norms, batches = peek_mean_squared_norms(stream, _NORM_BATCHES)
+        dataset = corpus.source
+    else:
+        sites = _cached_sites(model, cache, job.sites)
+        hooks = [site.hook_name for site in sites]
+        batches = cache.iter_batches(recipe.batch_size, hooks, seed=job.seed)
+        norms = {hook: cache.mean_squared_norm(hook) for hook in hooks}
+        held_out = cache.held_out_tokens()
+        dataset = cache.manifest["dataset"]
+        if held_out is None:
+            raise ValueError(f"{job.activations} has no held-out tokens to evaluate on")
+
+    saes = {site.hook_name: _new_sae(job, site, model, dataset, norms) for site in sites}
+    recorder = CurveRecorder()
+    started = time.perf_counter()
+    train_in_lockstep(
+        saes,
+        {hook: hook for hook in saes},
+        batches,
+        recipe.trainer_settings(job.tokens, job.device),
+        recorder,
+        progress=f"training {len(saes)} SAE(s) on {model.cfg.model_name}",
+    )
+    seconds["collect_and_train"] = time.perf_counter() - started
+
+    job.out.mkdir(parents=True, exist_ok=True)
+    sae_dirs = {hook: _save(sae, job.out / "saes" / hook) for hook, sae in saes.items()}
+    # Evaluate what a user gets: the saved files loaded by stock SAELens.
+    reloaded = {
+        hook: SAE.load_from_disk(path, device=job.device) for hook, path in sae_dirs.items()
+    }
+    started = time.perf_counter()
+    evaluations = evaluate_saes(model, reloaded, held_out, exclude)
+    seconds["evaluate"] = time.perf_counter() - started
+    write_evaluations(evaluations, job.out)
+    target = job.sparsity().get("target_l0")
+    curves = {
+        hook: plot_training_curve(
+            dict(recorder.history[hook]), job.out / "saes" / hook / "training_curve.png", target
+        )
+        for hook in saes
+    }
+    summary = {
+        "job": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
+        "model": model.cfg.model_name,
+        "dataset": dataset,
+        "mean_squared_norm": norms,
+        "seconds": seconds,
+        "metrics": {hook: e.summary() for hook, e in evaluations.items()},
+    }
+    (job.out / "run.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(job.out, sae_dirs, evaluations, curves, seconds)
+
+
+def run_collect(job: TrainJob, contexts_per_shard: int = 64) -> ActivationCache:
+    """Write the activations of ``job.tokens`` tokens at ``job.sites`` to the cache
+    ``job.out`` (resuming it if it exists)."""
+    torch.manual_seed(job.seed)
+    model = load_model(job.model, device=job.device, dtype=job.dtype)
+    sites = resolve_sites(model, job.sites or [default_site_spec(model)])
+    corpus = _load_corpus(model, job)
+    spec = CacheSpec(
+        model=job.model or EMBEDDED_MODEL,
+        sites=sites,
+        dataset=corpus.source,
+        context_size=job.context_size,
+        exclude_token_ids=special_token_ids(model),
+        contexts_per_shard=contexts_per_shard,
+        seed=job.seed,
+    )
+    return write_activation_cache(job.out, model, spec, corpus.train, corpus.held_out)
+
+
+def _load_corpus(model: Any, job: TrainJob) -> TokenCorpus:
+    if model.tokenizer is None:
+        raise ValueError(f"{model.cfg.model_name} has no tokenizer: cannot read text for it")
+    if job.context_size > model.cfg.n_ctx:
+        raise ValueError(
+            f"--context-size {job.context_size} is longer than {model.cfg.model_name}'s context "
+            f"of {model.cfg.n_ctx} tokens"
+        )
+    corpus = load_token_corpus(
+        model.tokenizer,
+        job.dataset,
+        context_size=job.context_size,
+        train_tokens=job.tokens,
+        held_out_tokens=job.eval_tokens,
+    )
+    have = corpus.train.numel()
+    if have < job.tokens:
+        warnings.warn(
+            f"{corpus.source} holds only {have} training tokens of the {job.tokens} asked for; "
+            f"using {have} (give a larger --dataset for more)",
+            stacklevel=2,
+        )
+    if corpus.held_out.shape[0] == 0:
+        raise ValueError(f"{corpus.source}: too little text left for a held-out split")
+    return corpus
+
+
+def _cached_sites(model: Any, cache: ActivationCache, specs: list[str]) -> list[Site]:
+    cached = {site.hook_name: site for site in cache.sites}
+    if not specs:
+        return list(cached.values())
+    wanted = [site.hook_name for site in resolve_sites(model, specs)]
+    missing = [hook for hook in wanted if hook not in cached]
+    if missing:
+        raise ValueError(
+            f"{cache.path} has no activations for {missing}; it holds {sorted(cached)}"
+        )
+    return [cached[hook] for hook in wanted]
+
+
+def _new_sae(
+    job: TrainJob, site: Site, model: Any, dataset: str, norms: dict[str, float]
+) -> JumpReLUSTETrainingSAE:
+    cfg = get_recipe(job.recipe).sae_config(
+        site.d_in,
+        job.d_sae,
+        device=job.device,
+        reshape_activations="hook_z" if site.hook_name.endswith("attn.hook_z") else "none",
+        **job.sparsity(),
+    )
+    metadata = cfg.metadata
+    metadata.hook_name = site.hook_name
+    metadata.model_name = job.model or EMBEDDED_MODEL
+    metadata.context_size = job.context_size
+    metadata.prepend_bos = True
+    metadata.dataset_path = dataset
+    metadata.exclude_special_tokens = special_token_ids(model)
+    sae = JumpReLUSTETrainingSAE(cfg)
+    sae.set_mean_squared_norm(norms[site.hook_name])
+    return sae
+
+
+def _save(sae: JumpReLUSTETrainingSAE, path: Path) -> Path:
+    """SAELens inference format, written beside and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        sae.save_inference_model(staging)
+        if path.exists():
+            shutil.rmtree(path)
+        staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path

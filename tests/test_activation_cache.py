@@ -1,0 +1,148 @@
+import json
+
+import pytest
+import torch
+
+from sae_lens_jumprelu.activation_cache import (
+    MANIFEST,
+    ActivationCache,
+    ActivationCacheError,
+    CacheSpec,
+    write_activation_cache,
+)
+from sae_lens_jumprelu.activations import site_activations
+from sae_lens_jumprelu.sites import resolve_sites
+from tests.gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
+
+SPECIAL = [PAD, EOS, BOS]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def sites(model):
+    return resolve_sites(model, ["resid:1", "attn:2"])
+
+
+def spec_for(sites, **changes):
+    fields = dict(
+        model="tiny",
+        sites=sites,
+        dataset="random",
+        context_size=16,
+        exclude_token_ids=SPECIAL,
+        contexts_per_shard=3,
+    )
+    return CacheSpec(**{**fields, **changes})
+
+
+def rows_sorted(t: torch.Tensor) -> torch.Tensor:
+    """Rows in a canonical order, to compare collections regardless of shuffling."""
+    order = sorted(range(t.shape[0]), key=lambda i: t[i].tolist())
+    return t[order]
+
+
+def test_cache_holds_every_token_once_with_its_norm(tmp_path, model, sites):
+    contexts = random_contexts(10)
+    cache = write_activation_cache(
+        tmp_path, model, spec_for(sites), contexts, contexts[:2], contexts_per_pass=2
+    )
+    expected, kept = site_activations(model, sites, contexts, SPECIAL)
+    assert cache.complete and cache.tokens == kept.numel() == 10 * 15 - 2
+    assert len(cache.manifest["shards"]) == 4  # 3 + 3 + 3 + 1 contexts
+    hooks = [s.hook_name for s in sites]
+    batches = list(cache.iter_batches(batch_size=cache.tokens, hook_names=hooks, buffer_shards=4))
+    assert len(batches) == 1
+    for hook in hooks:
+        torch.testing.assert_close(rows_sorted(batches[0][hook]), rows_sorted(expected[hook]))
+        expected_norm = expected[hook].pow(2).sum(-1).mean().item()
+        assert cache.mean_squared_norm(hook) == pytest.approx(expected_norm, rel=1e-5)
+    # one permutation for every site: row i of each hook is the same token
+    stacked = torch.cat([expected[h] for h in hooks], dim=1)
+    got = torch.cat([batches[0][h] for h in hooks], dim=1)
+    torch.testing.assert_close(rows_sorted(got), rows_sorted(stacked))
+    assert torch.equal(cache.held_out_tokens(), contexts[:2])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_collection_resumes_to_the_same_bytes(tmp_path, model, sites):
+    contexts = random_contexts(10)
+    reference = write_activation_cache(tmp_path / "ref", model, spec_for(sites), contexts)
+
+    calls = {"n": 0}
+
+    def stop_on_third_pass(acts, hook):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Interrupt  # as Ctrl-C would, in the middle of shard 1
+        return acts
+
+    model.add_hook("blocks.0.hook_resid_post", stop_on_third_pass)
+    try:
+        with pytest.raises(Interrupt):
+            write_activation_cache(
+                tmp_path / "run", model, spec_for(sites), contexts, contexts_per_pass=2
+            )
+    finally:
+        model.reset_hooks()
+    partial = ActivationCache(tmp_path / "run")
+    assert not partial.complete and [e["index"] for e in partial.manifest["shards"]] == [0]
+    (tmp_path / "run" / ".shard_000001.safetensors.tmp").write_bytes(b"half a shard")
+
+    resumed = write_activation_cache(tmp_path / "run", model, spec_for(sites), contexts)
+    assert resumed.complete and resumed.tokens == reference.tokens
+    for entry in reference.manifest["shards"]:
+        name = entry["file"]
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_damaged_shards_are_reported_and_recollected(tmp_path, model, sites):
+    contexts = random_contexts(6)
+    cache = write_activation_cache(tmp_path, model, spec_for(sites), contexts)
+    original = (tmp_path / "shard_000001.safetensors").read_bytes()
+    corrupt = bytearray(original)
+    corrupt[-10] ^= 0xFF
+    (tmp_path / "shard_000001.safetensors").write_bytes(bytes(corrupt))
+    with pytest.raises(
+        ActivationCacheError, match="shard_000001.safetensors is corrupt.*re-collects"
+    ):
+        list(cache.iter_batches(8))
+    (tmp_path / "shard_000001.safetensors").write_bytes(original[:-100])
+    with pytest.raises(ActivationCacheError, match="truncated"):
+        list(cache.iter_batches(8))
+    write_activation_cache(tmp_path, model, spec_for(sites), contexts)  # resume repairs it
+    assert (tmp_path / "shard_000001.safetensors").read_bytes() == original
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, model, sites):
+    contexts = random_contexts(3)
+    write_activation_cache(tmp_path, model, spec_for(sites), contexts)
+    with pytest.raises(ActivationCacheError, match="sites: cache has"):
+        write_activation_cache(tmp_path, model, spec_for(sites[:1]), contexts)
+
+
+def test_not_a_cache_and_damaged_manifest_errors(tmp_path, model, sites):
+    with pytest.raises(ActivationCacheError, match="no manifest.json.*sae-jumprelu collect"):
+        ActivationCache(tmp_path)
+    write_activation_cache(tmp_path, model, spec_for(sites), random_contexts(3))
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(ActivationCacheError, match="not valid JSON"):
+        ActivationCache(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ActivationCacheError, match="expected 'sae-lens-jumprelu/activation-cache'"):
+        ActivationCache(tmp_path)
+
+
+def test_unknown_hook_requested_from_cache(tmp_path, model, sites):
+    cache = write_activation_cache(tmp_path, model, spec_for(sites), random_contexts(3))
+    with pytest.raises(
+        ActivationCacheError, match="no activations for \\['blocks.3.hook_mlp_out'\\]"
+    ):
+        cache.iter_batches(8, ["blocks.3.hook_mlp_out"])

@@ -1,0 +1,121 @@
+"""The real embedded Gemma 3 270M, end to end: collect -> train -> save -> reload with plain
+SAELens in a fresh process -> eval. Prepares the model on first use (~1 min), as CI does."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sae_lens_jumprelu.cli import main
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--tokens", "4096", "--eval-tokens", "512", "--context-size", "64"]
+
+
+def test_collect_then_train_from_cache_then_reload_in_plain_sae_lens(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert (
+        main(
+            [
+                "collect",
+                "--site",
+                "resid:3",
+                "--site",
+                "attn:3",
+                "--out",
+                str(cache),
+                "--contexts-per-shard",
+                "16",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["model"] == "gemma-3-270m"
+    assert [s["d_in"] for s in manifest["sites"]] == [640, 1024]  # hook_z: 4 heads x 256
+    # BOS opens every context of 64 (and separates documents) and is excluded
+    assert 64 * 63 - 30 < manifest["tokens"] < 64 * 63
+    assert 1e5 < manifest["mean_squared_norm"]["blocks.3.hook_resid_post"]  # norms ~ thousands
+
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(cache),
+                "--out",
+                str(run),
+                "--d-sae",
+                "256",
+                "--batch-size",
+                "512",
+                "--target-l0",
+                "20",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "blocks.3.attn.hook_z: held-out L0" in printed
+    metrics = json.loads((run / "metrics.json").read_text())
+    for hook in ("blocks.3.hook_resid_post", "blocks.3.attn.hook_z"):
+        m = metrics[hook]
+        assert m["tokens"] > 400 and 0 < m["l0"] < 256 and 0 < m["fvu"] < 1.5
+        assert m["ce_clean"] > 0 and abs(m["delta_lm_loss"]) < 20
+        assert (run / "saes" / hook / "training_curve.png").stat().st_size > 10_000
+
+    # A process that never imports sae_lens_jumprelu loads the SAEs and runs them on the hook
+    script = f"""
+import sys, torch
+from sae_lens import SAE
+shapes = {{"blocks.3.hook_resid_post": (2, 5, 640), "blocks.3.attn.hook_z": (2, 5, 4, 256)}}
+for hook, shape in shapes.items():
+    sae = SAE.load_from_disk({str(run / "saes")!r} + "/" + hook)
+    assert sae.cfg.architecture() == "jumprelu" and sae.cfg.metadata.hook_name == hook
+    out = sae(torch.randn(shape) * 50)
+    assert out.shape == shape, out.shape
+assert "sae_lens_jumprelu" not in sys.modules
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_streamed_training_and_input_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--site",
+                "mlp:2",
+                "--out",
+                str(run),
+                "--d-sae",
+                "128",
+                "--batch-size",
+                "256",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["model"] == "gemma-3-270m" and summary["dataset"] == "embedded"
+    assert set(summary["metrics"]) == {"blocks.2.hook_mlp_out"}
+
+    assert main(["train", "--site", "resid:18", "--out", str(tmp_path / "bad"), *SMALL]) == 2
+    assert "layer 18 is out of range: gemma-3-270m has layers 0-17" in capsys.readouterr().err
+    assert (
+        main(
+            ["train", "--context-size", "100000", "--out", str(tmp_path / "bad"), "--tokens", "10"]
+        )
+        == 2
+    )
+    assert "longer than gemma-3-270m's context" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
