@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from sae_lens_jumprelu.train import TrainJob
+
     train = commands.add_parser(
         "train",
         help="train JumpReLU SAEs on a language model's activations (default: the embedded "
@@ -43,6 +45,7 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     collect = commands.add_parser(
         "collect", help="write activations at some sites to a resumable disk cache"
     )
+    defaults = TrainJob()
     for sub in (train, collect):
         sub.add_argument(
             "--model",
@@ -60,28 +63,39 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         sub.add_argument(
             "--dataset",
             default=None,
-            help="HF dataset name or local "
-            ".txt/.jsonl/.parquet file or directory (default: embedded text)",
+            help="HF dataset name or local .txt/.jsonl/.parquet file or directory "
+            "(default: embedded text)",
         )
         sub.add_argument(
-            "--tokens", type=_positive_int, default=250_000, help="training tokens (default 250000)"
+            "--tokens",
+            type=_positive_int,
+            default=defaults.tokens,
+            help=f"training tokens (default {defaults.tokens})",
         )
-        sub.add_argument("--context-size", type=_positive_int, default=128)
-        sub.add_argument("--device", default="cpu")
+        sub.add_argument("--context-size", type=_positive_int, default=defaults.context_size)
+        sub.add_argument("--device", default=defaults.device)
         sub.add_argument(
             "--dtype",
-            default="float32",
+            default=defaults.dtype,
             choices=["float32", "bfloat16", "float16"],
             help="dtype of the language model",
         )
-        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--seed", type=int, default=defaults.seed)
         sub.add_argument(
             "--eval-tokens",
             type=_positive_int,
-            default=8192,
-            help="held-out tokens (train: evaluated on; collect: stored)",
+            default=defaults.eval_tokens,
+            help="held-out tokens (train: evaluated on; collect: stored) "
+            f"(default {defaults.eval_tokens})",
         )
-    train.add_argument("--out", type=Path, default=Path("sae-jumprelu-run"))
+    train.add_argument("--out", type=Path, default=defaults.out)
+    for sub in (train, collect):
+        sub.add_argument(
+            "--keep-special-tokens",
+            dest="exclude_special_tokens",
+            action="store_false",
+            help="keep BOS/EOS/pad activations (dropped by default, as in the paper)",
+        )
     collect.add_argument("--out", type=Path, required=True, help="cache directory")
     collect.add_argument("--contexts-per-shard", type=_positive_int, default=64)
     train.add_argument(
@@ -90,23 +104,37 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         default=None,
         help="train from a cache written by `collect` instead of the model",
     )
-    train.add_argument("--d-sae", type=_positive_int, default=4096, help="latents per SAE")
+    train.add_argument(
+        "--d-sae",
+        type=_positive_int,
+        default=defaults.d_sae,
+        help=f"latents per SAE (default {defaults.d_sae})",
+    )
     sparsity = train.add_mutually_exclusive_group()
     sparsity.add_argument(
-        "--target-l0", type=float, default=None, help="mean active latents to reach (default 32)"
+        "--target-l0",
+        type=float,
+        action="append",
+        default=[],
+        help="mean active latents to reach (default 32); repeat it for several SAEs per site, "
+        "all fed by the same forward pass",
     )
     sparsity.add_argument(
         "--l0-coefficient",
         type=float,
-        default=None,
-        help="fixed lambda of the L0 penalty, the paper's mode",
+        action="append",
+        default=[],
+        help="fixed lambda of the L0 penalty, the paper's mode; repeatable like --target-l0",
     )
-    train.add_argument("--recipe", choices=sorted(RECIPES), default="short_budget")
+    train.add_argument("--recipe", choices=sorted(RECIPES), default=defaults.recipe)
     train.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=None,
-        help="activations per step (default: the recipe's)",
+        default=defaults.batch_size,
+        help=f"activations per step (default {defaults.batch_size})",
+    )
+    train.add_argument(
+        "--lr", type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr:g})"
     )
 
 
@@ -213,13 +241,13 @@ def run_train_command(args: argparse.Namespace) -> int:
 
     result = run_train(_job(args))
     out = sys.stdout
-    for hook, e in result.evaluations.items():
+    for name, e in result.evaluations.items():
         out.write(
-            f"{hook}: held-out L0 {e.l0:.1f}  FVU {e.fvu:.4f}  delta LM loss "
+            f"{name}: held-out L0 {e.l0:.1f}  FVU {e.fvu:.4f}  delta LM loss "
             f"{e.delta_lm_loss:.4f} (clean CE {e.ce_clean:.3f})  dead {e.frac_dead:.1%}  "
             f"[{e.tokens} tokens]\n"
-            f"  SAE (SAELens 'jumprelu'): {result.sae_dirs[hook]}\n"
-            f"  training curve: {result.curves[hook]}\n"
+            f"  SAE (SAELens 'jumprelu'): {result.sae_dirs[name]}\n"
+            f"  training curve: {result.curves[name]}\n"
         )
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     out.write(f"metrics: {result.out / 'metrics.json'}  ({timing})\n")

@@ -11,59 +11,26 @@ from sae_lens_jumprelu.cli import main
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--tokens", "4096", "--eval-tokens", "512", "--context-size", "64"]
+SMALL = "--tokens 4096 --eval-tokens 512 --context-size 64".split()
+RESID, ATTN = "blocks.3.hook_resid_post", "blocks.3.attn.hook_z"
 
 
 def test_collect_then_train_from_cache_then_reload_in_plain_sae_lens(tmp_path, capsys):
-    cache = tmp_path / "cache"
-    assert (
-        main(
-            [
-                "collect",
-                "--site",
-                "resid:3",
-                "--site",
-                "attn:3",
-                "--out",
-                str(cache),
-                "--contexts-per-shard",
-                "16",
-                *SMALL,
-            ]
-        )
-        == 0
-    )
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    collect = f"collect --site resid:3 --site attn:3 --out {cache} --contexts-per-shard 16"
+    assert main(collect.split() + SMALL) == 0
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["complete"] and manifest["model"] == "gemma-3-270m"
     assert [s["d_in"] for s in manifest["sites"]] == [640, 1024]  # hook_z: 4 heads x 256
     # BOS opens every context of 64 (and separates documents) and is excluded
     assert 64 * 63 - 30 < manifest["tokens"] < 64 * 63
-    assert 1e5 < manifest["mean_squared_norm"]["blocks.3.hook_resid_post"]  # norms ~ thousands
+    assert manifest["mean_squared_norm"][RESID] > 1e5  # Gemma's residual norms are thousands
 
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--activations",
-                str(cache),
-                "--out",
-                str(run),
-                "--d-sae",
-                "256",
-                "--batch-size",
-                "512",
-                "--target-l0",
-                "20",
-                *SMALL,
-            ]
-        )
-        == 0
-    )
-    printed = capsys.readouterr().out
-    assert "blocks.3.attn.hook_z: held-out L0" in printed
+    train = f"train --activations {cache} --out {run} --d-sae 256 --batch-size 512 --target-l0 20"
+    assert main(train.split() + SMALL) == 0
+    assert f"{ATTN}: held-out L0" in capsys.readouterr().out
     metrics = json.loads((run / "metrics.json").read_text())
-    for hook in ("blocks.3.hook_resid_post", "blocks.3.attn.hook_z"):
+    for hook in (RESID, ATTN):
         m = metrics[hook]
         assert m["tokens"] > 400 and 0 < m["l0"] < 256 and 0 < m["fvu"] < 1.5
         assert m["ce_clean"] > 0 and abs(m["delta_lm_loss"]) < 20
@@ -73,12 +40,10 @@ def test_collect_then_train_from_cache_then_reload_in_plain_sae_lens(tmp_path, c
     script = f"""
 import sys, torch
 from sae_lens import SAE
-shapes = {{"blocks.3.hook_resid_post": (2, 5, 640), "blocks.3.attn.hook_z": (2, 5, 4, 256)}}
-for hook, shape in shapes.items():
+for hook, shape in [({RESID!r}, (2, 5, 640)), ({ATTN!r}, (2, 5, 4, 256))]:
     sae = SAE.load_from_disk({str(run / "saes")!r} + "/" + hook)
     assert sae.cfg.architecture() == "jumprelu" and sae.cfg.metadata.hook_name == hook
-    out = sae(torch.randn(shape) * 50)
-    assert out.shape == shape, out.shape
+    assert sae(torch.randn(shape) * 50).shape == shape
 assert "sae_lens_jumprelu" not in sys.modules
 print("ok")
 """
@@ -86,36 +51,21 @@ print("ok")
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
-def test_streamed_training_and_input_errors(tmp_path, capsys):
+def test_streamed_sweep_and_input_errors(tmp_path, capsys):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--site",
-                "mlp:2",
-                "--out",
-                str(run),
-                "--d-sae",
-                "128",
-                "--batch-size",
-                "256",
-                *SMALL,
-            ]
-        )
-        == 0
-    )
+    # a sweep on one site: two SAEs fed by the same forward passes
+    sweep = f"train --site mlp:2 --out {run} --d-sae 128 --batch-size 256"
+    assert main(sweep.split() + "--l0-coefficient 1e-4 --l0-coefficient 1".split() + SMALL) == 0
     summary = json.loads((run / "run.json").read_text())
     assert summary["model"] == "gemma-3-270m" and summary["dataset"] == "embedded"
-    assert set(summary["metrics"]) == {"blocks.2.hook_mlp_out"}
+    low, high = (f"blocks.2.hook_mlp_out@l0_coefficient={v}" for v in ("0.0001", "1"))
+    assert set(summary["metrics"]) == {low, high}
+    assert summary["metrics"][high]["l0"] < summary["metrics"][low]["l0"]
+    assert (run / "saes" / high / "cfg.json").exists()
 
-    assert main(["train", "--site", "resid:18", "--out", str(tmp_path / "bad"), *SMALL]) == 2
+    bad = tmp_path / "bad"
+    assert main(f"train --site resid:18 --out {bad}".split() + SMALL) == 2
     assert "layer 18 is out of range: gemma-3-270m has layers 0-17" in capsys.readouterr().err
-    assert (
-        main(
-            ["train", "--context-size", "100000", "--out", str(tmp_path / "bad"), "--tokens", "10"]
-        )
-        == 2
-    )
+    assert main(f"train --context-size 100000 --out {bad} --tokens 10".split()) == 2
     assert "longer than gemma-3-270m's context" in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists()
+    assert not bad.exists()
