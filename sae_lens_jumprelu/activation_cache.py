@@ -11,7 +11,6 @@ the rest: no token is duplicated or lost.
 
 import json
 import math
-import os
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_lens_jumprelu.activations import SiteBatch, shuffled_batches, site_activations
+from sae_lens_jumprelu.atomic import write_file_atomic
 from sae_lens_jumprelu.sites import Site
 
 FORMAT = "sae-lens-jumprelu/activation-cache"
@@ -90,7 +90,7 @@ def write_activation_cache(
     """Collect (or finish collecting) the activations of ``contexts`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stray in out.glob(".*.tmp"):
+    for stray in out.glob(".*.tmp-*"):
         stray.unlink()  # a shard or manifest whose write was interrupted
     identity = spec.identity(model.cfg.dtype)
     manifest = _start_manifest(out, identity)
@@ -223,12 +223,7 @@ def _read_manifest(out: Path) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda tmp: tmp.write_bytes(data), overwrite=True)
 
 
 class ActivationCache:

@@ -6,14 +6,14 @@ by TransformerLens like any hub model. Gemma's terms of use apply to those weigh
 """
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+from sae_lens_jumprelu.atomic import write_dir_atomic
 
 EMBEDDED_MODEL = "gemma-3-270m"
 # What the embedded weights are, to TransformerLens: its architecture table and hook names.
@@ -101,18 +101,14 @@ def embedded_weights_dir() -> Path:
         if hasattr(hf_model.config, "quantization_config"):
             del hf_model.config.quantization_config
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+
+        def write(staging: Path) -> None:
             hf_model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             (staging / _COMPLETE_MARKER).touch()
-            if target.exists():  # an incomplete directory from a run older than the marker
-                shutil.rmtree(target)
-            staging.rename(target)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not (target / _COMPLETE_MARKER).exists():  # not a concurrent run that finished
-                raise
+
+        # Replaces an incomplete directory left by a run older than the marker.
+        write_dir_atomic(target, write, overwrite=True)
         progress.update()
     return target
 

@@ -6,8 +6,6 @@ delta LM loss) and training-curve PNGs.
 """
 
 import json
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +22,7 @@ from sae_lens_jumprelu.activations import (
     shuffled_batches,
     special_token_ids,
 )
+from sae_lens_jumprelu.atomic import write_dir_atomic
 from sae_lens_jumprelu.corpus import TokenCorpus, load_token_corpus
 from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes, write_evaluations
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
@@ -289,13 +288,5 @@ def _new_sae(
 def _save(sae: JumpReLUSTETrainingSAE, path: Path) -> Path:
     """SAELens inference format, written beside and renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        sae.save_inference_model(staging)
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_dir_atomic(path, sae.save_inference_model, overwrite=True)
     return path

@@ -93,14 +93,14 @@ def test_interrupted_collection_resumes_to_the_same_bytes(tmp_path, model, sites
         model.reset_hooks()
     partial = ActivationCache(tmp_path / "run")
     assert not partial.complete and [e["index"] for e in partial.manifest["shards"]] == [0]
-    (tmp_path / "run" / ".shard_000001.safetensors.tmp").write_bytes(b"half a shard")
+    (tmp_path / "run" / ".shard_000001.safetensors.tmp-x1").write_bytes(b"half a shard")
 
     resumed = write_activation_cache(tmp_path / "run", model, spec_for(sites), contexts)
     assert resumed.complete and resumed.tokens == reference.tokens
     for entry in reference.manifest["shards"]:
         name = entry["file"]
         assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
-    assert not list((tmp_path / "run").glob(".*.tmp"))
+    assert not list((tmp_path / "run").glob(".*.tmp-*"))
 
 
 def test_damaged_shards_are_reported_and_recollected(tmp_path, model, sites):

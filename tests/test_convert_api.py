@@ -10,6 +10,7 @@ from convert_factories import make_gated, make_jumprelu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sae_lens_jumprelu.atomic import write_dir_atomic
 from sae_lens_jumprelu.cli import main, parse_args
 from sae_lens_jumprelu.convert import (
     TARGETS,
@@ -23,7 +24,6 @@ from sae_lens_jumprelu.convert import (
     load,
     verify,
 )
-from sae_lens_jumprelu.convert.atomic import write_dir_atomic
 from sae_lens_jumprelu.convert.dictionary_learning import write_dictionary_learning
 from sae_lens_jumprelu.convert.gemma_scope import write_gemma_scope
 from sae_lens_jumprelu.convert.sae_lens_format import write_sae_lens

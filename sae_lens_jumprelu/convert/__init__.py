@@ -4,6 +4,7 @@ One module per foreign format; every conversion goes through ``JumpReLUWeights``
 ``GatedWeights``), is checked by ``verify`` on SAELens's own classes, and is written atomically.
 """
 
+from sae_lens_jumprelu.atomic import OutputExistsError
 from sae_lens_jumprelu.convert.api import (
     TARGETS,
     ConversionResult,
@@ -12,7 +13,6 @@ from sae_lens_jumprelu.convert.api import (
     detect_format,
     load,
 )
-from sae_lens_jumprelu.convert.atomic import OutputExistsError
 from sae_lens_jumprelu.convert.gated import (
     InexactConversionError,
     Inexactness,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from sae_lens_jumprelu.atomic import check_destination, write_dir_atomic, write_file_atomic
 from sae_lens_jumprelu.convert import dictionary_learning, gemma_scope, sae_lens_format
-from sae_lens_jumprelu.convert.atomic import check_destination, write_dir_atomic, write_file_atomic
 from sae_lens_jumprelu.convert.gated import (
     InexactConversionError,
     Inexactness,
