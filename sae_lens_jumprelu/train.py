@@ -142,6 +142,13 @@ def run_train(job: TrainJob) -> TrainResult:
         norms, batches = peek_mean_squared_norms(stream, _NORM_BATCHES)
         dataset = corpus.source
     else:
+        if not cache.complete:
+            warnings.warn(
+                f"{job.activations} is incomplete ({len(cache.manifest['shards'])} of "
+                f"{cache.manifest['n_shards']} shards): training on its {cache.tokens} tokens; "
+                "rerun the same `collect` to finish it",
+                stacklevel=2,
+            )
         sites = _cached_sites(model, cache, job.sites)
         hooks = [site.hook_name for site in sites]
         batches = cache.iter_batches(recipe.batch_size, hooks, seed=job.seed)

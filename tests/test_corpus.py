@@ -115,3 +115,12 @@ def test_corpus_is_deterministic(tmp_path, tokenizer):
         for _ in range(2)
     )
     assert torch.equal(a.train, b.train) and torch.equal(a.held_out, b.held_out)
+
+
+def test_unreachable_hub_dataset_is_a_clear_error(tokenizer, monkeypatch):
+    import datasets.config
+
+    # datasets reads the environment at import: set its flag itself (no 25 s of retries)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CorpusError, match="cannot open Hugging Face dataset 'someone/no-such-set'"):
+        load_token_corpus(tokenizer, "someone/no-such-set", train_tokens=10)
