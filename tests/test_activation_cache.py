@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 
 from sae_lens_jumprelu.activation_cache import (
     MANIFEST,
@@ -12,7 +13,6 @@ from sae_lens_jumprelu.activation_cache import (
 )
 from sae_lens_jumprelu.activations import site_activations
 from sae_lens_jumprelu.sites import resolve_sites
-from tests.gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 
 SPECIAL = [PAD, EOS, BOS]
 

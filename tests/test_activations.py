@@ -1,5 +1,6 @@
 import pytest
 import torch
+from gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 
 from sae_lens_jumprelu.activations import (
     iter_site_activations,
@@ -8,7 +9,6 @@ from sae_lens_jumprelu.activations import (
     site_activations,
 )
 from sae_lens_jumprelu.sites import resolve_sites
-from tests.gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 
 SPECIAL = [PAD, EOS, BOS]
 

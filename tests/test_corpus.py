@@ -4,9 +4,9 @@ from itertools import islice
 import pytest
 import torch
 from datasets import Dataset
+from gemma_fixtures import BOS, word_tokenizer
 
 from sae_lens_jumprelu.corpus import CorpusError, embedded_documents, load_token_corpus
-from tests.gemma_fixtures import BOS, word_tokenizer
 
 WORDS = [f"w{i}" for i in range(200)] + [f"doc{i}" for i in range(100)]
 

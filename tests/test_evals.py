@@ -1,10 +1,10 @@
 import pytest
 import torch
+from gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
 from sae_lens_jumprelu.evals import evaluate_saes, markdown_table, write_evaluations
 from sae_lens_jumprelu.sites import resolve_sites
-from tests.gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 
 SPECIAL = [PAD, EOS, BOS]
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from gemma_fixtures import tiny_model
 
 from sae_lens_jumprelu.sites import default_site_spec, resolve_sites, stop_at_layer
-from tests.gemma_fixtures import tiny_model
 
 
 @pytest.fixture(scope="module")
