@@ -170,6 +170,30 @@ def test_sparse_outputs_hold_the_dense_values_at_their_entries() -> None:
     assert kept.sum() < 1.1 * needed.sum()
 
 
+def saved_for_backward(loss: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Every tensor the autograd graph of ``loss`` keeps for its backward pass."""
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        saved = [getattr(node, name) for name in dir(node) if name.startswith("_saved_")]
+        saved += list(getattr(node, "saved_tensors", ()))  # custom autograd Functions
+        for value in saved:
+            values = value if isinstance(value, tuple | list) else (value,)
+            yield from (v for v in values if isinstance(v, torch.Tensor))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+
+
+def test_no_batch_by_d_sae_tensor_is_kept_for_backward() -> None:
+    dense, sparse = make_pair(jumprelu_sparsity_loss_mode="tanh", jumprelu_bandwidth=0.01)
+    dense_loss = dense.training_forward_pass(step_input()).loss
+    sparse_loss = sparse.training_forward_pass(step_input()).loss
+    assert max(t.numel() for t in saved_for_backward(dense_loss)) >= BATCH * D_SAE
+    assert max(t.numel() for t in saved_for_backward(sparse_loss)) < BATCH * D_SAE / 2
+
+
 def test_bfloat16_sae_is_close_to_dense_step() -> None:
     dense, sparse = make_pair(dtype="bfloat16")
     dense_out, dense_grads = loss_and_grads(dense)
