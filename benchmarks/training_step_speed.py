@@ -68,18 +68,17 @@ OUT = Path("benchmarks/results/training_step_speed.json")
 @torch.no_grad()
 def fire_exactly(encoder_input: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, l0: float):
     """Per-latent thresholds under which every latent fires on the same number of tokens of
-    the batch, giving mean L0 ``l0``: the (fires + 1)-th largest pre-activation of each."""
+    the batch, giving mean L0 ``l0``: midway between the fires-th and (fires + 1)-th largest
+    pre-activation of each (midway, so that the SAE's own rounding of them does not matter)."""
     n_rows, d_sae = encoder_input.shape[0], W_enc.shape[1]
     fires = max(1, round(l0 * n_rows / d_sae))
     chunk = max(1, (1 << 24) // n_rows)
-    return torch.cat(
-        [
-            torch.topk(encoder_input @ W_enc[:, i : i + chunk] + b_enc[i : i + chunk], fires + 1, 0)
-            .values[-1]
-            .float()
-            for i in range(0, d_sae, chunk)
-        ]
-    )
+    thresholds = []
+    for i in range(0, d_sae, chunk):
+        pre = encoder_input @ W_enc[:, i : i + chunk] + b_enc[i : i + chunk]
+        top = torch.topk(pre, fires + 1, dim=0).values.float()
+        thresholds.append((top[-1] + top[-2]) / 2)
+    return torch.cat(thresholds)
 
 
 def ours(sparse_step: str, d_sae: int, x: torch.Tensor, l0: float = L0) -> TrainingSAE[Any]:

@@ -203,12 +203,12 @@ def _select_entries(x: Tensor, W_enc: Tensor, bound: Tensor) -> tuple[Tensor, Te
     rows, cols, values = [], [], []
     for start in range(0, n_rows, block):
         x_block = x[start : start + block]
-        with heavy():
+        with heavy():  # the compare and nonzero scan the whole block too
             if buffer is None:
                 pre = x_block @ W_enc  # autocast's dtype, as in the dense step
             else:
                 pre = torch.mm(x_block, W_enc, out=buffer[: x_block.shape[0]])
-        r, c = (pre > bound).nonzero().unbind(1)
+            r, c = (pre > bound).nonzero().unbind(1)
         values.append(pre.take(r * d_sae + c))
         rows.append(r + start)
         cols.append(c)

@@ -356,3 +356,11 @@ def test_trainer_steps_match_dense_steps(overrides: dict[str, Any]) -> None:
         torch.testing.assert_close(p_sparse, p_dense, rtol=1e-4, atol=1e-6, msg=name)
     if dense.cfg.decoder_unit_norm:
         torch.testing.assert_close(sparse.W_dec.norm(dim=-1), torch.ones(D_SAE))
+
+
+def test_trainer_logs_a_sparse_step() -> None:
+    _, sparse = make_pair()
+    trainer = train(sparse, [batch()])
+    output = sparse.training_forward_pass(step_input())
+    logged = trainer.build_train_step_log_dict(output, n_training_samples=BATCH)
+    assert logged["metrics/l0"] == pytest.approx(output.metrics["l0"].item())
