@@ -30,6 +30,7 @@ CHECKED_MODULES = [
     for name in (
         "ste",
         "sparsity",
+        "sparse_step",
         "training_sae",
         "grad_control",
         "metrics",
