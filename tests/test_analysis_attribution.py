@@ -19,9 +19,7 @@ def _metric_with_scaled_feature(model, sae, tokens, feature, scale):
         return acts
 
     with model.saes([sae], use_error_term=True):
-        logits = model.run_with_hooks(
-            tokens, fwd_hooks=[(f"{HOOK}.hook_sae_acts_post", edit)]
-        )
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(f"{HOOK}.hook_sae_acts_post", edit)])
     return float(METRIC(logits).detach())
 
 

@@ -64,7 +64,7 @@ class FeatureStats:
 def collect_feature_stats(
     model: HookedSAETransformer,
     sae: SAE[Any],
-    contexts: Iterable[Int[Tensor, "batch context"]],
+    contexts: Iterable[Int[Tensor, "_batch context"]],
     *,
     features: Sequence[int] | None = None,
     k: int = 10,

@@ -36,15 +36,20 @@ class LogitEffects:
 def residual_directions(
     model: HookedTransformer, sae: SAE[Any], features: Sequence[int]
 ) -> Float[Tensor, "n d_model"] | None:
-    """Each feature's decoder row as a residual-stream vector, or None if the hook is not
-    one that adds linearly into the residual stream."""
+    """Each feature's decoder row as a residual-stream direction (up to a positive per-token
+    scale of normalisations), or None if the hook has no direct path to the residual stream."""
     hook = sae.cfg.metadata.hook_name or ""
     rows = sae.W_dec[torch.tensor(check_features(sae, features), dtype=torch.long)].detach()
     if hook.endswith("attn.hook_z"):
         layer = int(hook.split(".")[1])
-        W_O = model.blocks[layer].attn.W_O.detach()  # [n_heads, d_head, d_model]
+        block = model.blocks[layer]
+        W_O = block.attn.W_O.detach()  # [n_heads, d_head, d_model]
         # [n, n_heads * d_head] -> [n, n_heads, d_head], through each head's W_O, summed.
-        return torch.einsum("nhd,hdm->nm", rows.reshape(len(rows), *W_O.shape[:2]), W_O)
+        out = torch.einsum("nhd,hdm->nm", rows.reshape(len(rows), *W_O.shape[:2]), W_O)
+        # Gemma 2/3 normalise the attention output before adding it to the residual stream:
+        # its elementwise scale changes the direction, the per-token scale does not.
+        post_norm = getattr(block, "ln1_post", None)
+        return out * post_norm.w.detach() if hasattr(post_norm, "w") else out
     if hook.endswith(_RESIDUAL_HOOKS) and rows.shape[1] == model.cfg.d_model:
         return rows
     return None

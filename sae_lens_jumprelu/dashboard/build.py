@@ -84,7 +84,7 @@ def choose_features(frequency: torch.Tensor, config: DashboardConfig) -> list[in
 def build_dashboard(
     model: HookedSAETransformer,
     sae: SAE[Any],
-    contexts: Iterable[Int[Tensor, "batch context"]],
+    contexts: Iterable[Int[Tensor, "_batch context"]],
     out: Path,
     config: DashboardConfig = DashboardConfig(),
     *,
@@ -223,7 +223,7 @@ def _feature_page(
         hook_name=stats.hook_name,
         frequency=float(stats.frequency[row]),
         max_activation=float(stats.max_activation[row]),
-        threshold=float(sae.threshold[feature]) if hasattr(sae, "threshold") else 0.0,
+        threshold=float(sae.threshold[feature].detach()) if hasattr(sae, "threshold") else 0.0,
         examples=examples,
         histogram=histogram,
         promoted=None

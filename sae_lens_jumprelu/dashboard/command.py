@@ -59,7 +59,12 @@ def add_dashboard_parser(commands: "argparse._SubParsersAction[argparse.Argument
 
 def run_dashboard(args: argparse.Namespace) -> Dashboard:
     from sae_lens_jumprelu.activations import special_token_ids
-    from sae_lens_jumprelu.analysis.hooked import check_saes, hooked_sae_transformer, load_sae
+    from sae_lens_jumprelu.analysis.hooked import (
+        check_features,
+        check_saes,
+        hooked_sae_transformer,
+        load_sae,
+    )
     from sae_lens_jumprelu.atomic import check_destination
     from sae_lens_jumprelu.corpus import load_token_corpus
 
@@ -68,6 +73,7 @@ def run_dashboard(args: argparse.Namespace) -> Dashboard:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     check_destination(args.out, args.overwrite)  # before a minute of model loading
     sae = load_sae(args.sae, device=args.device, hook_name=args.hook_name)
+    check_features(sae, args.features or [])  # before the model is loaded
     model_name = args.model or sae.cfg.metadata.model_name
     model = hooked_sae_transformer(model_name, device=args.device)
     check_saes(model, [sae])
