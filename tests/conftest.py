@@ -43,6 +43,13 @@ CHECKED_MODULES = [
         "convert.gemma_scope",
         "convert.dictionary_learning",
         "convert.api",
+        "analysis.hooked",
+        "analysis.attribution",
+        "analysis.interventions",
+        "analysis.feature_stats",
+        "analysis.logit_effects",
+        "dashboard.build",
+        "dashboard.html",
     )
 ]
 assert "sae_lens_jumprelu" not in sys.modules, (
@@ -52,7 +59,9 @@ assert "sae_lens_jumprelu" not in sys.modules, (
 TYPECHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
 with install_import_hook(CHECKED_MODULES, TYPECHECKER):
     import sae_lens_jumprelu  # noqa: F401
+    import sae_lens_jumprelu.analysis  # noqa: F401
     import sae_lens_jumprelu.convert  # noqa: F401
+    import sae_lens_jumprelu.dashboard  # noqa: F401
     import sae_lens_jumprelu.synthetic  # noqa: F401
 
 from sae_lens.saes.sae import TrainStepInput  # noqa: E402
