@@ -139,6 +139,35 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     train.add_argument(
         "--lr", type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr:g})"
     )
+    from sae_lens_jumprelu.train import DISTRIBUTED_MODES
+
+    train.add_argument(
+        "--distributed",
+        choices=DISTRIBUTED_MODES,
+        default=defaults.distributed,
+        help="under torchrun: 'data' (each rank runs the model on its share of the text, "
+        "gradients of every SAE all-reduced) or 'sae' (SAEs spread over ranks, activations "
+        "exchanged all-to-all)",
+    )
+    train.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=defaults.dist_timeout,
+        help="seconds a rank waits for the others before the job fails "
+        f"(default {defaults.dist_timeout:g})",
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=defaults.checkpoint_every,
+        help="steps between checkpoints in OUT/checkpoints (distributed runs; default: none)",
+    )
+    train.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="checkpoint to continue (OUT/checkpoints or a step_N in it), on any number of ranks",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -243,6 +272,8 @@ def run_train_command(args: argparse.Namespace) -> int:
     from sae_lens_jumprelu.train import run_train
 
     result = run_train(_job(args))
+    if result is None:  # a distributed run's other ranks: rank 0 reports
+        return 0
     out = sys.stdout
     for name, e in result.evaluations.items():
         out.write(
@@ -314,11 +345,16 @@ def _friendly(
     errors: tuple[type[Exception], ...] = (ValueError,),
 ) -> int:
     """Input errors as one line naming the problem, not a traceback."""
+    from sae_lens_jumprelu.distributed import RankFailureError
+
     try:
         return command(args)
     except errors as error:  # our input errors (CorpusError, ActivationCacheError...)
         sys.stderr.write(f"sae-jumprelu {args.command}: error: {error}\n")
         return 2
+    except RankFailureError as error:  # a distributed job lost a rank: stop, do not hang
+        sys.stderr.write(f"sae-jumprelu {args.command}: error: {error}\n")
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ that changes from step to step; this is one cause of SAELens's coefficient satur
 
 ``GradientGuard`` fixes that without forking the trainer:
 
-1. a post-accumulate-grad hook on each parameter runs when its gradient is final: for ``W_dec``
-   it first removes the component parallel to each row (paper: unit-norm decoder rows), then it
-   records the gradient's norm;
+1. a post-accumulate-grad hook on each parameter runs when its gradient is final: in
+   data-parallel training it first averages the gradient over ranks (``reduce_grad``), so
+   everything below sees the global batch's gradient; for ``W_dec`` it then removes the
+   component parallel to each row (paper: unit-norm decoder rows); then it records the
+   gradient's norm;
 2. a global optimizer step pre-hook (``torch.optim.optimizer.register_optimizer_step_pre_hook``)
    runs inside ``optimizer.step()``, after the trainer's clip: it rescales the gradients back to
    the recorded norms (a no-op when nothing clipped them) and applies ``max_grad_norm`` instead;
@@ -45,6 +47,8 @@ class GradientGuard:
         self.max_grad_norm = max_grad_norm
         self.after_step = after_step
         self.unit_norm_decoder: nn.Parameter | None = None
+        self.reduce_grad: Callable[[Tensor], object] | None = None
+        """In place, e.g. the average over data-parallel ranks; None: single process."""
         self._handles: dict[int, tuple[nn.Parameter, RemovableHandle]] = {}
         self._norms: dict[int, tuple[nn.Parameter, Tensor]] = {}
         _GUARDS.add(self)
@@ -73,6 +77,8 @@ class GradientGuard:
 
     def _on_grad(self, param: Tensor) -> None:
         assert param.grad is not None
+        if self.reduce_grad is not None:
+            self.reduce_grad(param.grad)
         if param is self.unit_norm_decoder:
             remove_parallel_component(param.grad, param.detach())
         self._norms[id(param)] = (param, torch.linalg.vector_norm(param.grad.float()))  # type: ignore[assignment]

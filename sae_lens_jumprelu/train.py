@@ -8,6 +8,7 @@ delta LM loss) and training-curve PNGs.
 import json
 import time
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from sae_lens_jumprelu.corpus import TokenCorpus, load_token_corpus
 from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes, write_evaluations
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
 from sae_lens_jumprelu.plots import plot_training_curve
-from sae_lens_jumprelu.recipes import get_recipe
+from sae_lens_jumprelu.recipes import Recipe, get_recipe
 from sae_lens_jumprelu.sites import Site, default_site_spec, resolve_sites
 from sae_lens_jumprelu.training_loop import CurveRecorder, train_in_lockstep
 from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
@@ -36,6 +37,9 @@ from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
 _BUFFER_TOKENS = 65_536
 # Batches whose E||x||^2 sets each SAE's normalisation when streaming (a cache has it exactly).
 _NORM_BATCHES = 8
+
+
+DISTRIBUTED_MODES = ("none", "data", "sae")
 
 
 @dataclass
@@ -83,6 +87,47 @@ class TrainJob:
     """Held-out tokens for L0, FVU and delta LM loss (documents never trained on)."""
     activations: Path | None = None
     """Train from this activation cache instead of running the model (``collect``'s output)."""
+    distributed: str = "none"
+    """Under torchrun: ``data`` (every rank runs the model on its share of the contexts and
+    trains a replica of every SAE on global batch / ranks, gradients all-reduced) or ``sae``
+    (the SAEs are spread over the ranks; each rank receives every rank's activations at its
+    SAEs' hooks); ``none``: one process."""
+    dist_timeout: float = 300.0
+    """Seconds a rank waits for the others in a collective before the job fails."""
+    checkpoint_every: int = 0
+    """Write a checkpoint (``<out>/checkpoints``) every this many steps; 0: none."""
+    resume: Path | None = None
+    """Resume from this checkpoint (a ``step_<N>`` directory, or ``<out>/checkpoints`` for
+    the newest), with any number of ranks."""
+
+    def __post_init__(self) -> None:
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ValueError(
+                f"distributed={self.distributed!r}: choose one of {list(DISTRIBUTED_MODES)}"
+            )
+        if not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be positive seconds, got {self.dist_timeout}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.distributed != "none" and self.activations is not None:
+            raise ValueError(
+                "--distributed trains from the model's activations; --activations (a cache) "
+                "is single-process for now"
+            )
+        if self.distributed == "none" and (self.checkpoint_every or self.resume is not None):
+            raise ValueError(
+                "--checkpoint-every and --resume belong to distributed runs: add "
+                "--distributed data (it runs on one process too)"
+            )
+
+    def recipe_settings(self) -> Recipe:
+        """The recipe with this job's batch size and learning rate."""
+        recipe = get_recipe(self.recipe)
+        return replace(
+            recipe,
+            batch_size=self.batch_size or recipe.batch_size,
+            lr=self.lr if self.lr is not None else recipe.lr,
+        )
 
     def sparsity_settings(self) -> dict[str, dict[str, float]]:
         """Label -> config fields, one SAE per label and site."""
@@ -113,8 +158,13 @@ class TrainResult:
     seconds: dict[str, float]
 
 
-def run_train(job: TrainJob) -> TrainResult:
+def run_train(job: TrainJob) -> TrainResult | None:
+    """Train, save, evaluate; under ``--distributed`` only rank 0 returns the result."""
     job.sparsity_settings()  # a contradictory request fails before the model loads
+    if job.distributed != "none":
+        from sae_lens_jumprelu.distributed_run import run_train_distributed
+
+        return run_train_distributed(job)
     torch.manual_seed(job.seed)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -123,16 +173,11 @@ def run_train(job: TrainJob) -> TrainResult:
     model = load_model(model_name, device=job.device, dtype=job.dtype)
     seconds["load_model"] = time.perf_counter() - started
     exclude = special_token_ids(model) if job.exclude_special_tokens else []
-    recipe = get_recipe(job.recipe)
-    recipe = replace(
-        recipe,
-        batch_size=job.batch_size or recipe.batch_size,
-        lr=job.lr if job.lr is not None else recipe.lr,
-    )
+    recipe = job.recipe_settings()
 
     if cache is None:
         sites = resolve_sites(model, job.sites or [default_site_spec(model)])
-        corpus = _load_corpus(model, job)
+        corpus = load_corpus(model, job)
         held_out = corpus.held_out
         passes = iter_site_activations(
             model, sites, corpus.train, exclude_token_ids=exclude, progress="model forward passes"
@@ -160,7 +205,7 @@ def run_train(job: TrainJob) -> TrainResult:
 
     names = job.sae_names(sites)
     saes = {
-        name: _new_sae(job, site, sparsity, dataset, norms[site.hook_name], exclude)
+        name: new_sae(job, site, sparsity, dataset, norms[site.hook_name], exclude)
         for name, (site, sparsity) in names.items()
     }
     recorder = CurveRecorder()
@@ -177,6 +222,25 @@ def run_train(job: TrainJob) -> TrainResult:
 
     job.out.mkdir(parents=True, exist_ok=True)
     sae_dirs = {name: _save(sae, job.out / "saes" / name) for name, sae in saes.items()}
+    histories = {name: dict(recorder.history[name]) for name in saes}
+    return finish_run(
+        job, model, names, sae_dirs, histories, held_out, exclude, seconds, norms, dataset
+    )
+
+
+def finish_run(
+    job: TrainJob,
+    model: Any,
+    names: dict[str, tuple[Site, dict[str, float]]],
+    sae_dirs: dict[str, Path],
+    histories: dict[str, dict[str, list[float]]],
+    held_out: torch.Tensor,
+    exclude: list[int],
+    seconds: dict[str, float],
+    norms: dict[str, float],
+    dataset: str,
+) -> TrainResult:
+    """Evaluate the saved SAEs, write metrics, curves and ``run.json``."""
     # Evaluate what a user gets: the saved files loaded by stock SAELens.
     reloaded = {
         name: SAE.load_from_disk(path, device=job.device) for name, path in sae_dirs.items()
@@ -187,11 +251,9 @@ def run_train(job: TrainJob) -> TrainResult:
     write_evaluations(evaluations, job.out)
     curves = {
         name: plot_training_curve(
-            dict(recorder.history[name]),
-            sae_dirs[name] / "training_curve.png",
-            names[name][1].get("target_l0"),
+            histories[name], sae_dirs[name] / "training_curve.png", names[name][1].get("target_l0")
         )
-        for name in saes
+        for name in sae_dirs
     }
     summary = {
         "job": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
@@ -211,7 +273,7 @@ def run_collect(job: TrainJob, contexts_per_shard: int = 64) -> ActivationCache:
     torch.manual_seed(job.seed)
     model = load_model(job.model, device=job.device, dtype=job.dtype)
     sites = resolve_sites(model, job.sites or [default_site_spec(model)])
-    corpus = _load_corpus(model, job)
+    corpus = load_corpus(model, job)
     spec = CacheSpec(
         model=job.model or EMBEDDED_MODEL,
         sites=sites,
@@ -224,7 +286,7 @@ def run_collect(job: TrainJob, contexts_per_shard: int = 64) -> ActivationCache:
     return write_activation_cache(job.out, model, spec, corpus.train, corpus.held_out)
 
 
-def _load_corpus(model: Any, job: TrainJob) -> TokenCorpus:
+def load_corpus(model: Any, job: TrainJob) -> TokenCorpus:
     if model.tokenizer is None:
         raise ValueError(f"{model.cfg.model_name} has no tokenizer: cannot read text for it")
     if job.context_size > model.cfg.n_ctx:
@@ -264,7 +326,7 @@ def _cached_sites(model: Any, cache: ActivationCache, specs: list[str]) -> list[
     return [cached[hook] for hook in wanted]
 
 
-def _new_sae(
+def new_sae(
     job: TrainJob,
     site: Site,
     sparsity: dict[str, float],
@@ -287,7 +349,13 @@ def _new_sae(
     metadata.dataset_path = dataset
     metadata.exclude_special_tokens = exclude
     metadata.activation_mean_squared_norm = mean_squared_norm
-    sae = JumpReLUSTETrainingSAE(cfg)
+    # Each SAE's initial weights come from its own seed and leave the global RNG (the shuffle
+    # buffer's) alone, so an SAE starts the same whichever rank builds it and with which others.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(
+            job.seed + zlib.crc32(f"{site.hook_name}:{sorted(sparsity.items())}".encode())
+        )
+        sae = JumpReLUSTETrainingSAE(cfg)
     sae.set_mean_squared_norm(mean_squared_norm)
     return sae
 

@@ -32,19 +32,8 @@ def train_in_lockstep(
     or when the stream ends (the trainers then hold the steps actually taken)."""
     if set(saes) != set(hook_names):
         raise ValueError(f"saes {sorted(saes)} and hook_names {sorted(hook_names)} differ")
-    for name, sae in saes.items():
-        if sae.cfg.normalize_activations != "none":
-            raise ValueError(
-                f"SAE {name!r} has normalize_activations={sae.cfg.normalize_activations!r}, "
-                "which needs SAELens's activation scaler (SAETrainer.fit); use 'none': this "
-                "package's SAEs normalise themselves (normalize_to_unit_mean_square)"
-            )
-        sae.to(settings.device)
+    trainers = make_trainers(saes, settings)
     trainer_cfg = settings.to_trainer_config()
-    trainers = {
-        name: SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
-        for name, sae in saes.items()
-    }
     steps = trainer_cfg.total_training_steps
     for _ in tqdm(range(steps), desc=progress, unit="step", disable=progress is None):
         batch = next(batches, None)
@@ -59,6 +48,25 @@ def train_in_lockstep(
     for trainer in trainers.values():
         trainer.set_final_sae_metadata()
     return trainers
+
+
+def make_trainers(
+    saes: dict[str, TrainingSAE[Any]], settings: TrainerSettings
+) -> dict[str, SAETrainer[Any, Any]]:
+    """One SAELens ``SAETrainer`` per SAE, fed step by step (no data provider of its own)."""
+    for name, sae in saes.items():
+        if sae.cfg.normalize_activations != "none":
+            raise ValueError(
+                f"SAE {name!r} has normalize_activations={sae.cfg.normalize_activations!r}, "
+                "which needs SAELens's activation scaler (SAETrainer.fit); use 'none': this "
+                "package's SAEs normalise themselves (normalize_to_unit_mean_square)"
+            )
+        sae.to(settings.device)
+    trainer_cfg = settings.to_trainer_config()
+    return {
+        name: SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
+        for name, sae in saes.items()
+    }
 
 
 class CurveRecorder:

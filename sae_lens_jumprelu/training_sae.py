@@ -5,6 +5,7 @@ SAELens's plain ``"jumprelu"`` inference SAE: normalisation folded in, threshold
 """
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -107,6 +108,11 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         self._input_scale_given = False
         # Fraction of (token, latent) entries the last step touched; "auto" starts dense.
         self._step_density = 1.0
+        self.cross_replica_mean: Callable[[Tensor], Tensor] | None = None
+        """Set by data-parallel training (``data_parallel.replicate``): averages a tensor over
+        ranks in place. Gradients and the statistics this SAE takes from its batch (first-batch
+        E||x||^2 and mean, target mode's batch L0) go through it, so every replica takes the
+        same step as one process on the global batch."""
 
     # ---- parameters -------------------------------------------------------------------------
 
@@ -312,7 +318,13 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         trainer's warm-up schedule."""
         if self._controller is None:
             return step_input.coefficients["l0"]
-        return self._controller.step(self.log_l0_coefficient, batch_l0)
+        return self._controller.step(self.log_l0_coefficient, self._global_mean(batch_l0))
+
+    def _global_mean(self, tensor: Tensor) -> Tensor:
+        """``tensor`` (a mean over this rank's batch) averaged over data-parallel ranks."""
+        if self.cross_replica_mean is None:
+            return tensor
+        return self.cross_replica_mean(tensor.detach().clone())
 
     @override
     def calculate_aux_loss(
@@ -412,6 +424,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         self.project_constraints()
         if self._guard is None:
             self._guard = GradientGuard(self.cfg.max_grad_norm, self.project_constraints)
+        self._guard.reduce_grad = self.cross_replica_mean
         self._guard.attach(self.parameters(), self.W_dec if self.cfg.decoder_unit_norm else None)
 
     @torch.no_grad()
@@ -437,9 +450,10 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
     def _initialise_from_batch(self, x: Tensor) -> None:
         flat = x.reshape(-1, self.cfg.d_in).float()
         if self.cfg.normalize_to_unit_mean_square and not self._input_scale_given:
-            self.input_scale.fill_(flat.pow(2).sum(dim=-1).mean().rsqrt().item())
+            mean_square = self._global_mean(flat.pow(2).sum(dim=-1).mean())
+            self.input_scale.fill_(mean_square.rsqrt().item())
         if self.cfg.init_b_dec_to_mean:
-            mean = (flat * self.input_scale).mean(dim=0).to(self.dtype)
+            mean = self._global_mean((flat * self.input_scale).mean(dim=0)).to(self.dtype)
             self.b_dec.copy_(mean)
             if not self.cfg.apply_b_dec_to_input:
                 # Centre the pre-activations as subtracting b_dec would.

@@ -73,3 +73,29 @@ def test_cli_flags_reach_the_job():
     assert _job(parse_args(["train"])) == TrainJob()  # the CLI's defaults are the job's
     with pytest.raises(SystemExit):
         parse_args(["train", "--tokens", "0"])
+
+
+def test_distributed_flags_reach_the_job_and_bad_ones_are_refused(tmp_path):
+    from sae_lens_jumprelu.cli import _job
+
+    argv = "train --distributed sae --dist-timeout 60 --checkpoint-every 50".split()
+    job = _job(parse_args([*argv, "--resume", str(tmp_path)]))
+    assert (job.distributed, job.dist_timeout, job.checkpoint_every) == ("sae", 60.0, 50)
+    assert job.resume == tmp_path
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--distributed", "model"])
+    with pytest.raises(ValueError, match="dist_timeout must be positive"):
+        TrainJob(distributed="data", dist_timeout=0)
+    with pytest.raises(ValueError, match="add --distributed data"):
+        TrainJob(checkpoint_every=10)
+    with pytest.raises(ValueError, match="single-process for now"):
+        TrainJob(distributed="data", activations=tmp_path)
+
+
+def test_distributed_training_outside_torchrun_says_how_to_launch(monkeypatch):
+    from sae_lens_jumprelu.distributed import init_from_env
+
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="torchrun --nproc-per-node N -m sae_lens_jumprelu"):
+        init_from_env(60.0)

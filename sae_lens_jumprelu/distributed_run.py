@@ -1,0 +1,187 @@
+"""``sae-jumprelu train --distributed data|sae`` under torchrun: ``run_train`` on many ranks.
+
+Every rank loads the model and the corpus and runs the model on its share of the contexts
+(``sharding``); ``distributed_loop.train_sharded`` trains; at the end rank 0 receives every
+SAE's files, saves them and evaluates, as ``run_train`` does in one process. Checkpoints every
+``--checkpoint-every`` steps; ``--resume`` continues one on any number of ranks.
+"""
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_lens_jumprelu import checkpoint
+from sae_lens_jumprelu.activations import (
+    peek_mean_squared_norms,
+    shuffled_batches,
+    special_token_ids,
+)
+from sae_lens_jumprelu.atomic import write_dir_atomic
+from sae_lens_jumprelu.distributed import Dist, destroy, init_from_env
+from sae_lens_jumprelu.distributed_loop import CheckpointPlan, Mode, train_sharded
+from sae_lens_jumprelu.models import load_model
+from sae_lens_jumprelu.sharding import (
+    ContextPosition,
+    assign_round_robin,
+    data_parallel_passes,
+    sae_parallel_passes,
+)
+from sae_lens_jumprelu.sites import default_site_spec, resolve_sites
+from sae_lens_jumprelu.train import (
+    _BUFFER_TOKENS,
+    _NORM_BATCHES,
+    TrainJob,
+    TrainResult,
+    finish_run,
+    load_corpus,
+    new_sae,
+)
+from sae_lens_jumprelu.training_loop import CurveRecorder
+
+
+def run_train_distributed(job: TrainJob) -> TrainResult | None:
+    """Join torchrun's process group, train, leave it; rank 0 returns the result."""
+    dist, device = init_from_env(job.dist_timeout, job.device)
+    try:
+        return _run(replace(job, device=device), dist)
+    finally:
+        destroy()
+
+
+def _run(job: TrainJob, dist: Dist) -> TrainResult | None:
+    mode: Mode = "data" if job.distributed == "data" else "sae"
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    torch.manual_seed(job.seed)
+    model = load_model(job.model, device=job.device, dtype=job.dtype)
+    seconds["load_model"] = time.perf_counter() - started
+    exclude = special_token_ids(model) if job.exclude_special_tokens else []
+    recipe = job.recipe_settings()
+    if mode == "data" and recipe.batch_size % dist.world_size:
+        raise ValueError(
+            f"--batch-size {recipe.batch_size} is not divisible by the {dist.world_size} ranks: "
+            "data-parallel ranks take equal shares of each global batch"
+        )
+    sites = resolve_sites(model, job.sites or [default_site_spec(model)])
+    corpus = load_corpus(model, job)
+    names = job.sae_names(sites)
+    hook_of = {name: site.hook_name for name, (site, _) in names.items()}
+    owner = (
+        assign_round_robin(list(names), dist.world_size)
+        if mode == "sae"
+        else dict.fromkeys(names, dist.rank)
+    )
+    mine = [name for name in names if owner[name] == dist.rank]
+    if not mine:
+        raise ValueError(
+            f"SAE-parallel: {len(names)} SAE(s) for {dist.world_size} ranks leaves rank "
+            f"{dist.rank} none: use at most {len(names)} ranks, or --distributed data"
+        )
+    position = ContextPosition(_resume_position(job, list(names)))
+
+    started = time.perf_counter()
+    if mode == "data":
+        hooks = [site.hook_name for site in sites]
+        passes = data_parallel_passes(
+            model, sites, corpus.train, dist, position, exclude_token_ids=exclude
+        )
+        stream = shuffled_batches(
+            passes, hooks, recipe.batch_size // dist.world_size, _BUFFER_TOKENS
+        )
+    else:
+        needed = [
+            list(dict.fromkeys(hook_of[n] for n in names if owner[n] == rank))
+            for rank in range(dist.world_size)
+        ]
+        hooks = needed[dist.rank]
+        passes = sae_parallel_passes(
+            model, sites, corpus.train, dist, position, needed, exclude_token_ids=exclude
+        )
+        stream = shuffled_batches(passes, hooks, recipe.batch_size, _BUFFER_TOKENS)
+    norms, batches = peek_mean_squared_norms(stream, _NORM_BATCHES)
+    if mode == "data":  # each rank measured its own share: average them
+        averaged = dist.mean_(torch.tensor([norms[hook] for hook in hooks], dtype=torch.float64))
+        norms = dict(zip(hooks, averaged.tolist(), strict=True))
+
+    saes: dict[str, Any] = {
+        name: (
+            checkpoint.load_sae(job.resume, name, job.device)
+            if job.resume is not None
+            else new_sae(job, site, sparsity, corpus.source, norms[site.hook_name], exclude)
+        )
+        for name, (site, sparsity) in names.items()
+        if name in mine
+    }
+    recorder = CurveRecorder()
+    plan = (
+        CheckpointPlan(job.out / "checkpoints", job.checkpoint_every, position, list(names))
+        if job.checkpoint_every
+        else None
+    )
+    trainers = train_sharded(
+        saes,
+        {name: hook_of[name] for name in mine},
+        batches,
+        recipe.trainer_settings(job.tokens, job.device),
+        dist,
+        mode,
+        on_step=recorder,
+        checkpoints=plan,
+        resume=job.resume,
+        progress=f"training {len(names)} SAE(s) on {dist.world_size} ranks ({mode}-parallel)",
+    )
+    seconds["collect_and_train"] = time.perf_counter() - started
+
+    # Rank 0 receives every SAE once: data-parallel replicas are identical.
+    send = trainers if mode == "sae" or dist.is_main else {}
+    gathered = dist.gather_to_main(
+        (
+            checkpoint.files_written_by(lambda out: _save_inference(send, out)),
+            {name: dict(recorder.history[name]) for name in send},
+            {hook_of[name]: norms[hook_of[name]] for name in send},
+        )
+    )
+    if gathered is None:
+        return None
+    sae_dirs = _write_saes(job.out / "saes", [files for files, _, _ in gathered])
+    histories = {name: h for _, part, _ in gathered for name, h in part.items()}
+    all_norms = {hook: n for _, _, part in gathered for hook, n in part.items()}
+    return finish_run(
+        job, model, names, sae_dirs, histories, corpus.held_out, exclude, seconds, all_norms,
+        corpus.source,
+    )  # fmt: skip
+
+
+def _resume_position(job: TrainJob, names: list[str]) -> int:
+    if job.resume is None:
+        return 0
+    progress = checkpoint.read_progress(job.resume)
+    if progress.sae_names != names:
+        raise checkpoint.CheckpointError(
+            f"{job.resume} holds the SAEs {progress.sae_names}, this run asks for {names}: "
+            "resume with the sites and --target-l0/--l0-coefficient of the run that wrote it"
+        )
+    return progress.next_context
+
+
+def _save_inference(trainers: dict[str, Any], out: Path) -> None:
+    for name, trainer in trainers.items():
+        trainer.sae.save_inference_model(out / name)
+
+
+def _write_saes(directory: Path, parts: list[dict[str, bytes]]) -> dict[str, Path]:
+    """Each SAE's files, as sent by its rank, into ``directory/<name>`` (atomically)."""
+    by_sae: dict[str, dict[str, bytes]] = {}
+    for files in parts:
+        for relative, data in files.items():
+            name, rest = relative.split("/", 1)
+            by_sae.setdefault(name, {})[rest] = data
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, files in by_sae.items():
+        write_dir_atomic(
+            directory / name, lambda tmp, f=files: checkpoint.write_files(tmp, f), overwrite=True
+        )
+    return {name: directory / name for name in by_sae}
