@@ -263,6 +263,106 @@ display(Markdown(markdown_table(results)))"""),
     ],
 )
 
+TUTORIALS["03_circuit_analysis.ipynb"] = (
+    "03 · Circuit analysis with SAE features in HookedSAETransformer",
+    [
+        ("md", """\
+SAEs trained here are SAELens SAEs, so SAELens's `HookedSAETransformer` splices them into the
+model. `sae_lens_jumprelu.analysis` adds the few steps a circuit study repeats: attribute a metric
+to features (activation x gradient, with the reconstruction error's share), look at what a feature
+writes to the logits, ablate or steer it, and find its top-activating examples over a dataset.
+
+A short training run on the embedded model comes first so that the notebook runs anywhere; load
+your own SAE (or a Gemma Scope file) with `load_sae(path)` instead."""),
+        ("code", """\
+DEVICE = "cpu"
+from pathlib import Path
+
+from sae_lens_jumprelu.analysis import (
+    FeatureEdit, attribute, collect_feature_stats, generate_with_edits, hooked_sae_transformer,
+    load_sae, logit_difference, logit_effects, run_with_edits,
+)
+from sae_lens_jumprelu.models import load_model
+from sae_lens_jumprelu.train import TrainJob, run_train
+
+base = load_model(None, device=DEVICE)
+result = run_train(TrainJob(sites=["resid:6"], tokens=60_000, d_sae=1024, target_l0=[16],
+                            eval_tokens=512, device=DEVICE, out=Path("tutorial-03-run")))
+(hook_name, sae_dir), = result.sae_dirs.items()
+model = hooked_sae_transformer(base)  # the same weights, as a HookedSAETransformer
+sae = load_sae(sae_dir)
+print(hook_name, "d_sae:", sae.cfg.d_sae)"""),
+        ("md", """\
+## Which features push the model towards an answer?
+
+The metric is a logit difference at the last position: how much more the model predicts
+` True` than ` False` after a prompt from Python's documentation style."""),
+        ("code", """\
+prompt = "If the object is an instance of the class, isinstance() returns"
+good, bad = model.to_single_token(" True"), model.to_single_token(" False")
+metric = logit_difference(good, bad)
+clean = metric(model(prompt)).item()
+attribution = attribute(model, sae, prompt, metric)
+site = attribution.sites[hook_name]
+print(f"logit difference {clean:.3f} (with the SAE spliced in: {attribution.metric:.3f})")
+print(f"shares: features {site.features.sum().item():+.3f}, error {site.error.sum().item():+.3f}, "
+      f"decoder bias {site.bias.sum().item():+.3f}")
+top = attribution.top_features(5)
+for hook, feature, share in top:
+    print(f"feature {feature:5d}  activation x gradient {share:+.3f}")"""),
+        ("md", """\
+## What do those features write to the logits?
+
+A feature's decoder row, read through the final norm's scale and the unembedding, promotes some
+tokens and suppresses others directly (before any later layer acts on it)."""),
+        ("code", """\
+features = [feature for _, feature, _ in top]
+effects = logit_effects(model, sae, features, k=5)
+for i, feature in enumerate(features):
+    up = [model.to_string(t) for t in effects.promoted_ids[i]]
+    down = [model.to_string(t) for t in effects.suppressed_ids[i]]
+    print(f"feature {feature:5d}  promotes {up}  suppresses {down}")"""),
+        ("md", """\
+## Ablate the top feature: does the logit difference move as attribution predicted?
+
+Attribution is a linear estimate; ablating the feature at every position (error term kept, so
+only this feature's contribution is removed) measures the real effect."""),
+        ("code", """\
+feature = features[0]
+ablated = metric(run_with_edits(model, FeatureEdit(sae, ablate=[feature]), prompt)).item()
+print(f"predicted change {-site.features[..., feature].sum().item():+.3f}, "
+      f"measured change {ablated - clean:+.3f}")"""),
+        ("md", """\
+## Steer generation with a feature"""),
+        ("code", """\
+for amount in (0.0, 4.0):
+    edit = FeatureEdit(sae, steer={feature: amount})
+    tokens = generate_with_edits(model, edit, "The return value", max_new_tokens=12)
+    print(f"steer {amount:3.1f}: {model.to_string(tokens[0, 1:])!r}")"""),
+        ("md", """\
+## Top-activating examples, streamed
+
+`collect_feature_stats` runs a dataset through the model once and keeps, per feature, the firing
+frequency, a histogram and the top-k contexts, merged batch by batch (bounded memory). The
+dashboard command (`sae-jumprelu dashboard SAE --out DIR`) renders the same statistics as a
+static site."""),
+        ("code", """\
+from sae_lens_jumprelu.activations import special_token_ids
+from sae_lens_jumprelu.corpus import load_token_corpus
+
+corpus = load_token_corpus(model.tokenizer, None, train_tokens=8192, context_size=64)
+batches = corpus.train.split(16)
+stats = collect_feature_stats(model, sae, batches, features=features, k=3,
+                              exclude_token_ids=special_token_ids(model))
+for i, feature in enumerate(features[:3]):
+    print(f"feature {feature}: fires on {stats.frequency[i].item():.2%} of tokens")
+    for j in range(3):
+        window = stats.window_tokens[i, j]
+        text = model.to_string(window[window >= 0])  # -1: beyond the context's edge
+        print(f"   {stats.top_values[i, j].item():6.2f}  {text!r}")"""),
+    ],
+)
+
 
 def main() -> None:
     for name, (title, cells) in TUTORIALS.items():
