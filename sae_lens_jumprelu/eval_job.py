@@ -230,8 +230,8 @@ def _load_model(settings: EvalSettings, job: EvalJob) -> HookedTransformer:
 def _attach_hook(model: HookedTransformer, loaded: LoadedSAE, spec: str) -> str:
     """Resolve a hook or site spec on ``model``, record it on the SAE, and check the widths."""
     sae = loaded.sae
-    if spec in model.hook_dict:
-        hook_name = spec
+    if "." in spec and ":" not in spec:
+        hook_name = spec  # a hook name: check_compatible says if the model lacks it
     else:
         sites = resolve_sites(model, [spec])
         if len(sites) != 1:

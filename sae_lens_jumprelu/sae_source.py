@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens import SAE
+from safetensors import SafetensorError
 
 from sae_lens_jumprelu.convert.api import detect_format, load
 from sae_lens_jumprelu.convert.sae_lens_format import to_sae_lens_sae
@@ -59,7 +60,7 @@ def _load_path(path: Path, device: str) -> LoadedSAE:
         # SAELens's own loader: every architecture it knows, its config defaulting included
         try:
             return LoadedSAE(SAE.load_from_disk(path, device=device), source_format, name)
-        except (KeyError, ValueError, OSError) as error:
+        except (KeyError, ValueError, OSError, SafetensorError) as error:
             raise SAESourceError(
                 f"{path}: SAELens cannot load this directory ({type(error).__name__}: {error}); "
                 "its cfg.json or weights are damaged or from an unknown architecture"
