@@ -42,6 +42,8 @@ CHECKED_MODULES = [
         "convert.gemma_scope",
         "convert.dictionary_learning",
         "convert.api",
+        "sae_source",
+        "eval_job",
     )
 ]
 assert "sae_lens_jumprelu" not in sys.modules, (
@@ -52,6 +54,7 @@ TYPECHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True
 with install_import_hook(CHECKED_MODULES, TYPECHECKER):
     import sae_lens_jumprelu  # noqa: F401
     import sae_lens_jumprelu.convert  # noqa: F401
+    import sae_lens_jumprelu.eval_job  # noqa: F401
     import sae_lens_jumprelu.synthetic  # noqa: F401
 
 from sae_lens.saes.sae import TrainStepInput  # noqa: E402

@@ -9,7 +9,16 @@ import pytest
 import torch
 from convert_factories import make_jumprelu
 from gemma_fixtures import BOS, tiny_model, word_tokenizer
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens import (
+    GatedSAE,
+    GatedSAEConfig,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
 
 from sae_lens_jumprelu import eval_job
 from sae_lens_jumprelu.cli import main, parse_args
@@ -18,6 +27,7 @@ from sae_lens_jumprelu.convert.sae_lens_format import to_sae_lens_sae
 from sae_lens_jumprelu.corpus import load_eval_contexts
 from sae_lens_jumprelu.eval_job import EvalJob, resolve_settings
 from sae_lens_jumprelu.evals import evaluate_saes
+from sae_lens_jumprelu.metrics import fvu
 
 WORDS = [f"w{i}" for i in range(300)]
 RESID = "blocks.1.hook_resid_post"
@@ -257,3 +267,43 @@ def test_a_model_that_cannot_be_loaded_is_named(tmp_path, capsys) -> None:
     code, printed = run([sae, "--model", "no-such-model-xyz", "--out", tmp_path / "o"], capsys)
     assert code == 2
     assert "cannot load model 'no-such-model-xyz' (named by --model)" in printed
+
+
+ARCHITECTURES = {
+    "standard": (StandardSAE, StandardSAEConfig, {}),
+    "topk": (TopKSAE, TopKSAEConfig, {"k": 5}),
+    "gated": (GatedSAE, GatedSAEConfig, {}),
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_any_sae_lens_architecture_agrees_with_its_own_forward(
+    tmp_path, model, loads, capsys, architecture
+) -> None:
+    cls, cfg_cls, extra = ARCHITECTURES[architecture]
+    cfg = cfg_cls(d_in=64, d_sae=48, **extra)
+    cfg.metadata.__dict__.update(hook_name="blocks.2.hook_mlp_out", context_size=16)
+    torch.manual_seed(1)
+    sae = cls(cfg)
+    sae.save_model(tmp_path / architecture)
+    text = write_text(tmp_path / "text.txt", 100)
+    out = tmp_path / "out"
+    code, printed = run(
+        [tmp_path / architecture, "--dataset", text, "--tokens", 64, "--out", out], capsys
+    )
+    assert code == 0, printed
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["architecture"] == architecture
+    # the oracle: SAELens's own encode and forward on the same non-special activations
+    contexts = load_eval_contexts(
+        model.tokenizer, str(text), context_size=16, tokens=64, held_out_every=None
+    )
+    _, cache = model.run_with_cache(contexts, names_filter=["blocks.2.hook_mlp_out"])
+    x = cache["blocks.2.hook_mlp_out"][contexts != BOS]
+    with torch.no_grad():
+        l0 = (sae.encode(x) != 0).sum(-1)
+        expected_fvu = fvu(x, sae(x))
+    assert m["l0"] == pytest.approx(l0.double().mean().item())
+    assert m["l0_max"] == l0.max() and m["fvu"] == pytest.approx(expected_fvu, rel=1e-6)
+    if architecture == "topk":
+        assert m["l0_max"] <= 5
