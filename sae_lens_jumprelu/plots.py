@@ -1,4 +1,4 @@
-"""PNG figures of training runs (matplotlib, headless)."""
+"""PNG figures of training runs and evaluations (matplotlib, headless)."""
 
 from pathlib import Path
 
@@ -70,6 +70,7 @@ def plot_l0_histograms(histograms: dict[str, list[int]], path: Path) -> Path:
         ax.axvline(mean, color=line[0].get_color(), ls="--", lw=0.8)
     ax.set_xlabel("L0 of a token (active latents)")
     ax.set_ylabel("tokens")
+    ax.set_yscale("log")  # the tail matters: a few tokens reached L0 662 of 2048 (README, eval)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
