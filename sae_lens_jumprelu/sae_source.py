@@ -6,6 +6,7 @@ SAELens directories go through ``SAE.load_from_disk``, so every architecture SAE
 (topk, gated, standard, jumprelu...); the other formats are converted exactly, in memory.
 """
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,12 +60,22 @@ def _load_path(path: Path, device: str) -> LoadedSAE:
     if source_format == "sae-lens":
         # SAELens's own loader: every architecture it knows, its config defaulting included
         try:
-            return LoadedSAE(SAE.load_from_disk(path, device=device), source_format, name)
+            sae = SAE.load_from_disk(path, device=device)
         except (KeyError, ValueError, OSError, SafetensorError) as error:
             raise SAESourceError(
                 f"{path}: SAELens cannot load this directory ({type(error).__name__}: {error}); "
                 "its cfg.json or weights are damaged or from an unknown architecture"
             ) from error
+        if sae.cfg.normalize_activations == "expected_average_only_in":
+            # SAELens applies no scaling at inference for this mode: the factor must be folded
+            # into the weights (SAELens's runner does so when it saves), else inputs are off
+            warnings.warn(
+                f"{path}: normalize_activations is 'expected_average_only_in' and SAELens "
+                "runs it on raw activations; unless the scaling factor was folded into the "
+                "weights (sae.fold_activation_norm_scaling_factor), the metrics are wrong",
+                stacklevel=2,
+            )
+        return LoadedSAE(sae, source_format, name)
     sae = to_sae_lens_sae(load(path))
     return LoadedSAE(sae.to(device), source_format, name)
 

@@ -100,3 +100,10 @@ def test_a_damaged_sae_lens_directory_names_the_problem(tmp_path: Path) -> None:
     (tmp_path / "sae2" / "cfg.json").write_text('{"architecture": "jumprelu", "d_in": ')
     with pytest.raises(SAESourceError, match="sae2: SAELens cannot load this directory"):
         load_sae(tmp_path / "sae2")
+
+
+def test_an_unfolded_input_scaling_is_flagged(tmp_path: Path) -> None:
+    cfg = TopKSAEConfig(d_in=8, d_sae=16, k=3, normalize_activations="expected_average_only_in")
+    TopKSAE(cfg).save_model(tmp_path / "scaled")
+    with pytest.warns(UserWarning, match="'expected_average_only_in'.*the metrics are wrong"):
+        load_sae(tmp_path / "scaled")
