@@ -4,6 +4,7 @@ Each worker trains with one thread: on this 2-core machine two single-threaded r
 finish sooner than two two-threaded runs in turn (small matmuls gain little from a second thread).
 """
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -24,16 +25,20 @@ def train_and_score(
 ) -> dict[str, Any]:
     torch.set_num_threads(1)
     model = task.build()
-    torch.manual_seed(0)  # the same initialisation whichever worker and job order
+    seed = label.get("seed", 0)
+    torch.manual_seed(seed)  # the same initialisation whichever worker and job order
     sae = make_sae(task.hidden_dim)
-    train_on_synthetic(sae, model, trainer.trainer_settings(steps * trainer.batch_size), seed=0)
+    start = time.perf_counter()
+    train_on_synthetic(sae, model, trainer.trainer_settings(steps * trainer.batch_size), seed=seed)
+    seconds = time.perf_counter() - start
     scores = score_on_synthetic(sae, model)
     print(f"{label}: {scores}", flush=True)
-    return {**label, **asdict(scores)}
+    return {**label, **asdict(scores), "train_seconds": seconds}
 
 
 Job = tuple[dict[str, Any], SaeFactory, Recipe]
-"""A row label, the SAE to build, and the recipe whose optimiser settings train it."""
+"""A row label, the SAE to build, and the recipe whose optimiser settings train it. A label's
+``"seed"`` (default 0) seeds the SAE's initialisation and the training batches."""
 
 
 def run_jobs(

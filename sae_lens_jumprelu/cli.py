@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parsers(commands)
     _add_convert_parser(commands)
     _add_eval_parser(commands)
+    from sae_lens_jumprelu.dashboard.command import add_dashboard_parser
+
+    add_dashboard_parser(commands)
     return parser
 
 
@@ -355,6 +358,17 @@ def run_collect_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_dashboard_command(args: argparse.Namespace) -> int:
+    from sae_lens_jumprelu.dashboard.command import run_dashboard
+
+    dashboard = run_dashboard(args)
+    sys.stdout.write(
+        f"{dashboard.out / 'index.html'}: {len(dashboard.features)} feature pages over "
+        f"{dashboard.n_tokens} tokens\n"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "convert":
@@ -365,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _friendly(run_collect_command, args)
     if args.command == "eval":
         return _friendly(run_eval_command, args)
+    if args.command == "dashboard":
+        return _friendly(run_dashboard_command, args, (ValueError, IndexError, OSError))
     if args.command == "demo":
         from sae_lens_jumprelu.demo import run_demo
 
@@ -380,11 +396,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _friendly(command: "Callable[[argparse.Namespace], int]", args: argparse.Namespace) -> int:
+def _friendly(
+    command: "Callable[[argparse.Namespace], int]",
+    args: argparse.Namespace,
+    errors: tuple[type[Exception], ...] = (ValueError,),
+) -> int:
     """Input errors as one line naming the problem, not a traceback."""
     try:
         return command(args)
-    except ValueError as error:  # our input errors (CorpusError, ActivationCacheError...)
+    except errors as error:  # our input errors (CorpusError, ActivationCacheError...)
         sys.stderr.write(f"sae-jumprelu {args.command}: error: {error}\n")
         return 2
 

@@ -72,6 +72,13 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     check_finite: bool = True
     """Stop with an error naming the step when an activation batch holds NaN or Inf."""
 
+    sparse_step: Literal["auto", "on", "off"] = "auto"
+    """Training step that after the encoder matmul touches only active latents and threshold
+    windows (``sparse_step.py``; same losses and gradients as the dense step): ``auto`` takes it
+    while the last step touched few enough latents to pay (starting dense), ``on`` always (an
+    error where it cannot run, e.g. hooks on ``hook_sae_acts_pre``), ``off`` never. In a sparse
+    step the output's ``feature_acts`` is a sparse COO tensor without grad."""
+
     @override
     @classmethod
     def architecture(cls) -> str:
@@ -132,5 +139,7 @@ def _validate(cfg: JumpReLUSTETrainingSAEConfig) -> None:
         fail("target_l0_rate", f"must be > 0, got {cfg.target_l0_rate}")
     if not cfg.target_l0_gain >= 0:
         fail("target_l0_gain", f"must be >= 0, got {cfg.target_l0_gain}")
+    if cfg.sparse_step not in ("auto", "on", "off"):
+        fail("sparse_step", f"must be 'auto', 'on' or 'off', got {cfg.sparse_step!r}")
     if cfg.l0_warm_up_steps < 0:
         fail("l0_warm_up_steps", f"must be >= 0, got {cfg.l0_warm_up_steps}")

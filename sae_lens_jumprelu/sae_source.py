@@ -103,7 +103,7 @@ def _split_release(spec: str) -> tuple[str, str]:
             f"{spec!r} is a release, not one SAE: add an SAE id, e.g. {spec}/{ids[0]}"
         )
     raise SAESourceError(
-        f"{spec!r} is neither an existing file or directory nor a known SAELens release "
+        f"{spec!r} does not exist as a file or directory and is not a known SAELens release "
         f"(RELEASE/SAE_ID). Accepted: {ACCEPTED}"
     )
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from sae_lens_jumprelu.ste import KernelName, heaviside
@@ -38,31 +38,67 @@ class PenaltyInputs:
     tanh_scale: float
     """``c`` of the tanh penalty."""
 
+    def per_token(self, values: Float[Tensor, "batch d_sae"]) -> Float[Tensor, " batch"]:
+        """Sum over latents, in float32."""
+        return values.sum(dim=-1, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class EntryPenaltyInputs:
+    """``PenaltyInputs`` of a sparse step (``sparse_step.py``): one value per (token, latent)
+    entry the step keeps. Latents outside those entries have ``f = 0`` and zero
+    pseudo-derivatives, so they add nothing to any penalty or to its gradient."""
+
+    hidden_pre: Float[Tensor, " nnz"]
+    feature_acts: Float[Tensor, " nnz"]
+    threshold: Float[Tensor, " nnz"]
+    """theta of each entry's latent (float32)."""
+    decoder_norms: Float[Tensor, " nnz"]
+    """||d_i|| of each entry's latent."""
+    bandwidth: float
+    kernel: KernelName
+    ste_to_input: bool
+    tanh_scale: float
+    rows: Int[Tensor, " nnz"]
+    """Token of each entry."""
+    n_rows: int
+    """Tokens in the batch."""
+
+    def per_token(self, values: Float[Tensor, " nnz"]) -> Float[Tensor, " n_rows"]:
+        """Sum of each token's entries, in float32."""
+        sums = torch.zeros(self.n_rows, dtype=torch.float32, device=values.device)
+        return sums.index_add(0, self.rows, values.float())
+
+
+AnyPenaltyInputs = PenaltyInputs | EntryPenaltyInputs
+
 
 class SparsityPenalty(Protocol):
-    def __call__(self, inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
+    def __call__(
+        self, inputs: AnyPenaltyInputs, target_l0: float | None
+    ) -> Float[Tensor, " batch"]:
         """Per-token penalty before multiplication by the coefficient."""
         ...
 
 
-def per_token_l0(inputs: PenaltyInputs) -> Float[Tensor, " batch"]:
+def per_token_l0(inputs: AnyPenaltyInputs) -> Float[Tensor, " batch"]:
     """L0 of each token through the Heaviside STE (the paper applies it to ``pi``, not ``f``)."""
     step = heaviside(
         inputs.hidden_pre, inputs.threshold, inputs.bandwidth, inputs.kernel, inputs.ste_to_input
     )
-    return step.sum(dim=-1, dtype=torch.float32)
+    return inputs.per_token(step)
 
 
-def step_penalty(inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
+def step_penalty(inputs: AnyPenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
     return per_token_l0(inputs)
 
 
-def tanh_penalty(inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
+def tanh_penalty(inputs: AnyPenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
     weighted = inputs.feature_acts.float() * inputs.decoder_norms.float()
-    return torch.tanh(inputs.tanh_scale * weighted).sum(dim=-1)
+    return inputs.per_token(torch.tanh(inputs.tanh_scale * weighted))
 
 
-def quadratic_penalty(inputs: PenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
+def quadratic_penalty(inputs: AnyPenaltyInputs, target_l0: float | None) -> Float[Tensor, " batch"]:
     if target_l0 is None:
         raise ValueError("the quadratic sparsity penalty needs target_l0")
     return 2.0 / target_l0 * (per_token_l0(inputs) - target_l0) ** 2

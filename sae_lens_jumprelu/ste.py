@@ -42,6 +42,9 @@ KERNELS: dict[str, Callable[[Tensor], Tensor]] = {
     "triangle": triangle_kernel,
 }
 
+KERNEL_HALF_WIDTHS: dict[str, float] = {"rectangle": 0.5, "triangle": 1.0}
+"""``K(u) = 0`` for ``|u| >= `` this: the sparse step only keeps entries inside the window."""
+
 
 def _kernel_window(z: Tensor, threshold: Tensor, bandwidth: float, kernel: str) -> Tensor:
     """``K((z - theta) / eps) / eps`` in float32, shaped like ``z``."""
@@ -51,6 +54,8 @@ def _kernel_window(z: Tensor, threshold: Tensor, bandwidth: float, kernel: str) 
 
 def _sum_leading(t: Tensor) -> Tensor:
     """Sum over every dimension but the last, accumulating in float32."""
+    if t.ndim == 1:  # nothing to sum (and reshape(-1, 0) of an empty tensor is ambiguous)
+        return t.float()
     return t.reshape(-1, t.shape[-1]).sum(dim=0, dtype=torch.float32)
 
 
@@ -99,13 +104,29 @@ class JumpReLUSTE(_KernelSTE):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
-        z, threshold, window = _KernelSTE.window(ctx, grad_out)
-        jump = threshold * window  # the jump's height is theta
-        grad_threshold = -_sum_leading(jump).to(threshold.dtype)
-        grad_z = (z > threshold).to(grad_out.dtype) * grad_out
-        if ctx.ste_to_input:
-            grad_z = grad_z + jump.to(grad_z.dtype)
-        return grad_z, grad_threshold, None, None, None
+        z, threshold = ctx.saved_tensors
+        grad_z, grad_threshold = jumprelu_pseudo_grads(
+            z, threshold, grad_out, ctx.bandwidth, ctx.kernel, ctx.ste_to_input
+        )
+        return grad_z, _sum_leading(grad_threshold).to(threshold.dtype), None, None, None
+
+
+def jumprelu_pseudo_grads(
+    z: Tensor,
+    threshold: Tensor,
+    grad_out: Tensor,
+    bandwidth: float,
+    kernel: str,
+    ste_to_input: bool,
+) -> tuple[Tensor, Tensor]:
+    """JumpReLU's estimator applied to ``grad_out``, elementwise: the gradient into ``z`` and
+    each element's contribution to theta's gradient (float32, not yet summed)."""
+    window = _kernel_window(z, threshold, bandwidth, kernel) * grad_out.float()
+    jump = threshold * window  # the jump's height is theta
+    grad_z = (z > threshold).to(grad_out.dtype) * grad_out
+    if ste_to_input:
+        grad_z = grad_z + jump.to(grad_z.dtype)
+    return grad_z, -jump
 
 
 def jumprelu(

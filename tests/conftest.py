@@ -30,6 +30,7 @@ CHECKED_MODULES = [
     for name in (
         "ste",
         "sparsity",
+        "sparse_step",
         "training_sae",
         "grad_control",
         "metrics",
@@ -44,6 +45,13 @@ CHECKED_MODULES = [
         "convert.api",
         "sae_source",
         "eval_job",
+        "analysis.hooked",
+        "analysis.attribution",
+        "analysis.interventions",
+        "analysis.feature_stats",
+        "analysis.logit_effects",
+        "dashboard.build",
+        "dashboard.html",
     )
 ]
 assert "sae_lens_jumprelu" not in sys.modules, (
@@ -53,7 +61,9 @@ assert "sae_lens_jumprelu" not in sys.modules, (
 TYPECHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
 with install_import_hook(CHECKED_MODULES, TYPECHECKER):
     import sae_lens_jumprelu  # noqa: F401
+    import sae_lens_jumprelu.analysis  # noqa: F401
     import sae_lens_jumprelu.convert  # noqa: F401
+    import sae_lens_jumprelu.dashboard  # noqa: F401
     import sae_lens_jumprelu.eval_job  # noqa: F401
     import sae_lens_jumprelu.synthetic  # noqa: F401
 

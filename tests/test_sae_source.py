@@ -55,7 +55,8 @@ def test_converter_formats_become_the_same_sae_lens_sae(tmp_path: Path, kind: st
 
 
 def test_a_name_that_is_neither_path_nor_release_lists_what_is_accepted() -> None:
-    with pytest.raises(SAESourceError, match="neither an existing file or directory") as info:
+    unknown = "does not exist as a file or directory and is not a known SAELens release"
+    with pytest.raises(SAESourceError, match=unknown) as info:
         load_sae("no-such-sae/layer_3")
     for accepted in ("cfg.json + sae_weights.safetensors", "params.npz", "ae.pt", "RELEASE/SAE_ID"):
         assert accepted in str(info.value)

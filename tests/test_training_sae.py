@@ -153,7 +153,7 @@ def test_trained_sae_loads_in_fresh_process_without_plugin(tmp_path: Path) -> No
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        timeout=120,
+        timeout=600,  # importing torch + SAELens takes minutes on a loaded machine
         env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"},
     )
     assert result.returncode == 0, result.stderr

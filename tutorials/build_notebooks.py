@@ -1,0 +1,274 @@
+"""Writes the tutorial notebooks from the cell sources below (outputs stripped).
+
+    python tutorials/build_notebooks.py
+
+Edit the cells here, not the .ipynb files: the notebooks are generated, and
+tests/test_tutorials.py checks that they match this file and that each runs top to bottom.
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+REPO = "sae-lens-jumprelu/sae-lens-jumprelu"
+HERE = Path(__file__).parent
+
+INSTALL = """\
+# Installs this package where it is missing (Colab); a no-op where it is installed already.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("sae_lens_jumprelu") is None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q",
+         "sae-lens-jumprelu @ git+https://github.com/%s"],
+        check=True,
+    )""" % REPO
+
+
+def badge(name: str) -> str:
+    url = f"https://colab.research.google.com/github/{REPO}/blob/main/tutorials/{name}"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def notebook(name: str, title: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.cells = [new_markdown_cell(f"# {title}\n\n{badge(name)}"), new_code_cell(INSTALL)]
+    for kind, source in cells:
+        cell = new_markdown_cell(source) if kind == "md" else new_code_cell(source)
+        nb.cells.append(cell)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i}"  # stable ids: regenerating gives identical files
+    return nb
+
+
+TUTORIALS: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+
+TUTORIALS["01_train_a_jumprelu_sae.ipynb"] = (
+    "01 · Train a JumpReLU SAE",
+    [
+        ("md", """\
+This notebook trains a JumpReLU sparse autoencoder on a language model's residual stream with the
+straight-through L0 estimators of *Jumping Ahead* (Rajamanoharan et al. 2024), evaluates it on
+held-out text, and loads the result with plain SAELens.
+
+Everything runs offline on the embedded default model (Gemma 3 270M, unpacked once into
+`~/.cache/sae_lens_jumprelu`) and the embedded text. On a GPU, set `DEVICE = "cuda"` and give it
+millions of tokens: the budget here is a few minutes of CPU, so the SAE is a demonstration, not
+one to study."""),
+        ("code", """\
+DEVICE = "cpu"
+TOKENS = 60_000  # training tokens; real SAEs want 10M-1B
+
+from sae_lens_jumprelu.models import load_model
+from sae_lens_jumprelu.sites import resolve_sites
+
+model = load_model(None, device=DEVICE)  # a TransformerLens HookedTransformer
+site = resolve_sites(model, ["resid:6"])[0]
+print(model.cfg.model_name, "layers:", model.cfg.n_layers, "| site:", site.hook_name,
+      "d_in:", site.d_in)"""),
+        ("md", """\
+## Train with one call
+
+`run_train` is what `sae-jumprelu train` runs: one forward pass per batch of contexts feeds every
+SAE; here one SAE with a target L0 of 16 (no lambda sweep: a controller adjusts lambda until the
+mean L0 is 16). It saves a SAELens-format SAE, evaluates it on held-out documents (L0, FVU,
+delta LM loss) and plots the training curve."""),
+        ("code", """\
+from pathlib import Path
+
+from sae_lens_jumprelu.train import TrainJob, run_train
+
+result = run_train(TrainJob(
+    sites=["resid:6"], tokens=TOKENS, d_sae=1024, target_l0=[16], eval_tokens=1024,
+    device=DEVICE, out=Path("tutorial-01-run"),
+))
+evaluation = result.evaluations[site.hook_name]
+print(f"held-out L0 {evaluation.l0:.1f}  FVU {evaluation.fvu:.3f}  "
+      f"delta LM loss {evaluation.delta_lm_loss:.3f} nats  dead {evaluation.frac_dead:.0%}")"""),
+        ("code", """\
+from IPython.display import Image, Markdown, display
+
+display(Markdown((result.out / "metrics.md").read_text()))
+display(Image(filename=str(result.curves[site.hook_name])))"""),
+        ("md", """\
+## Load it with plain SAELens
+
+The saved SAE is SAELens's own `jumprelu` architecture (the paper's E||x||^2 = 1 normalisation is
+folded into the weights), so SAELens loads it without this package and runs it on raw
+activations."""),
+        ("code", """\
+import torch
+from sae_lens import SAE
+
+sae = SAE.load_from_disk(result.sae_dirs[site.hook_name], device=DEVICE)
+print(type(sae).__name__, sae.cfg.metadata.hook_name, "d_sae:", sae.cfg.d_sae)
+
+prompt = "The function returns a list of strings, one for each line in the file."
+tokens = model.to_tokens(prompt)
+_, cache = model.run_with_cache(tokens, names_filter=site.hook_name)
+features = sae.encode(cache[site.hook_name])[0]  # [position, d_sae]
+for position in range(1, tokens.shape[1]):
+    values, ids = features[position].topk(3)
+    shown = ", ".join(f"{int(i)} ({float(v):.1f})" for v, i in zip(values, ids) if v > 0)
+    print(f"{model.to_string(tokens[0, position])!r:>12}  L0 {int((features[position] > 0).sum()):3d}  "
+          f"top: {shown}")"""),
+        ("md", """\
+## The same SAE inside SAELens's own runner
+
+`import sae_lens_jumprelu` registers the `jumprelu_ste` training architecture with SAELens, so
+its `LanguageModelSAERunnerConfig` and `LanguageModelSAETrainingRunner` train it like any built-in
+SAE. The recipe gives the SAE config and the optimiser settings; here a very short run on a tiny
+tokenized dataset made from the embedded text."""),
+        ("code", """\
+from datasets import Dataset
+from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+
+from sae_lens_jumprelu.corpus import load_token_corpus
+from sae_lens_jumprelu.recipes import SHORT_BUDGET
+
+corpus = load_token_corpus(model.tokenizer, None, train_tokens=20_000, context_size=128)
+dataset = Dataset.from_dict({"tokens": corpus.train.tolist()})
+runner_kwargs = {**SHORT_BUDGET.runner_kwargs(), "train_batch_size_tokens": 1024}
+cfg = LanguageModelSAERunnerConfig(
+    sae=SHORT_BUDGET.sae_config(d_in=site.d_in, d_sae=1024, target_l0=16),
+    **runner_kwargs,
+    model_name=model.cfg.model_name, hook_name=site.hook_name, dataset_path="embedded",
+    is_dataset_tokenized=True, context_size=128, training_tokens=16 * 1024,
+    store_batch_size_prompts=8, n_batches_in_buffer=8, device=DEVICE,
+    logger=LoggingConfig(log_to_wandb=False), output_path="tutorial-01-runner",
+    checkpoint_path=None,
+)
+runner_sae = LanguageModelSAETrainingRunner(
+    cfg, override_model=model, override_dataset=dataset
+).run()
+print(type(runner_sae).__name__, "saved as", SAE.load_from_disk("tutorial-01-runner").cfg.architecture())"""),
+        ("md", """\
+Next: `02_gemma_scope_and_gated.ipynb` (weight formats), `03_circuit_analysis.ipynb` (features in
+HookedSAETransformer), `04_reproduce_the_comparison.ipynb` (JumpReLU vs TopK vs Gated)."""),
+    ],
+)
+
+TUTORIALS["02_gemma_scope_and_gated.ipynb"] = (
+    "02 · Gemma Scope files, Gated SAEs, and exact conversion",
+    [
+        ("md", """\
+A Gated SAE whose gate and magnitude encoders are tied (W_mag = W_gate * exp(r_mag)) computes
+exactly a JumpReLU SAE, and every JumpReLU SAE is such a Gated SAE. This notebook moves one SAE
+through the formats people publish SAEs in (Gemma Scope's `params.npz`, SAELens's `gated` and
+`jumprelu` directories) and checks at each step, with SAELens's own classes, that the function is
+unchanged.
+
+Gemma Scope's files live on the Hugging Face hub; with network access you would start from one:
+
+```python
+from huggingface_hub import hf_hub_download
+path = hf_hub_download("google/gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71/params.npz")
+```
+
+Offline, this notebook writes a Gemma Scope file from an SAE it trains on the embedded model
+first, then imports that file the way you would import a downloaded one."""),
+        ("code", """\
+DEVICE = "cpu"
+from pathlib import Path
+
+from sae_lens_jumprelu.models import load_model
+from sae_lens_jumprelu.train import TrainJob, run_train
+
+model = load_model(None, device=DEVICE)
+result = run_train(TrainJob(sites=["resid:6"], tokens=30_000, d_sae=512, target_l0=[16],
+                            eval_tokens=512, device=DEVICE, out=Path("tutorial-02-run")))
+(hook_name, sae_dir), = result.sae_dirs.items()
+print(hook_name, sae_dir)"""),
+        ("md", """\
+## Export to Gemma Scope's format, then import it back
+
+`convert` detects the source format from its files, converts through one exact in-memory form,
+checks the result on Gaussian and heavy-tailed inputs with SAELens's `JumpReLUSAE` before
+writing, and writes atomically (a failed conversion leaves nothing behind)."""),
+        ("code", """\
+from sae_lens_jumprelu.convert import convert, detect_format
+
+Path("tutorial-02").mkdir(exist_ok=True)
+def show(result):
+    check = result.verification
+    print(f"{result.source_format} -> {result.target}: largest relative difference "
+          f"{check.max_rel_forward:.1e} (forward), {check.max_rel_encode:.1e} (latents), "
+          f"{check.unexplained_mismatches} latents switching on/off")
+
+
+exported = convert(sae_dir, Path("tutorial-02/params.npz"), to="gemma-scope", overwrite=True)
+show(exported)
+print("detected:", detect_format(Path("tutorial-02/params.npz")))
+
+# A Gemma Scope file has no hook name in it: give it (a release path such as
+# gemma-scope-2b-pt-res/layer_20/... lets the converter infer it).
+imported = convert(Path("tutorial-02/params.npz"), Path("tutorial-02/jumprelu"), to="jumprelu",
+                   hook_name=hook_name, overwrite=True)
+show(imported)"""),
+        ("md", """\
+## JumpReLU → Gated → JumpReLU
+
+The Gated form has r_mag = 0, b_mag = b_enc and b_gate = b_enc - theta. Going back recovers
+theta = b_mag - exp(r_mag) * b_gate."""),
+        ("code", """\
+to_gated = convert(Path("tutorial-02/jumprelu"), Path("tutorial-02/gated"), to="gated",
+                   overwrite=True)
+back = convert(Path("tutorial-02/gated"), Path("tutorial-02/jumprelu-again"), to="jumprelu",
+               overwrite=True)
+show(to_gated)
+show(back)"""),
+        ("md", """\
+## Check on real activations, in SAELens
+
+Load the original, the Gated and the round-tripped SAE with plain SAELens, run them on the
+model's activations, and splice each into the model: the reconstructions and the delta LM loss
+must agree."""),
+        ("code", """\
+import torch
+from sae_lens import SAE
+
+from sae_lens_jumprelu.activations import special_token_ids
+from sae_lens_jumprelu.corpus import load_token_corpus
+from sae_lens_jumprelu.evals import evaluate_saes, markdown_table
+
+saes = {
+    "trained (jumprelu)": SAE.load_from_disk(sae_dir, device=DEVICE),
+    "via Gemma Scope npz": SAE.load_from_disk("tutorial-02/jumprelu", device=DEVICE),
+    "as Gated": SAE.load_from_disk("tutorial-02/gated", device=DEVICE),
+    "Gated back to jumprelu": SAE.load_from_disk("tutorial-02/jumprelu-again", device=DEVICE),
+}
+for name, sae in saes.items():
+    print(f"{name:24s} {type(sae).__name__}")
+
+tokens = model.to_tokens("Return the number of items in a container.")
+_, cache = model.run_with_cache(tokens, names_filter=hook_name)
+x = cache[hook_name][0, 1:]  # without BOS, as the SAE was trained
+with torch.no_grad():
+    reference = saes["trained (jumprelu)"](x)
+    for name, sae in saes.items():
+        diff = (sae(x) - reference).abs().max() / reference.abs().max()
+        print(f"{name:24s} largest relative difference {diff.item():.1e}")"""),
+        ("code", """\
+from IPython.display import Markdown, display
+
+corpus = load_token_corpus(model.tokenizer, None, train_tokens=1, held_out_tokens=1024,
+                           context_size=128)
+results = evaluate_saes(model, saes, corpus.held_out, special_token_ids(model))
+display(Markdown(markdown_table(results)))"""),
+    ],
+)
+
+
+def main() -> None:
+    for name, (title, cells) in TUTORIALS.items():
+        nbformat.write(notebook(name, title, cells), HERE / name)
+        print("wrote", HERE / name)
+
+
+if __name__ == "__main__":
+    main()
