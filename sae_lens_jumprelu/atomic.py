@@ -74,3 +74,8 @@ def write_dir_atomic(dst: Path, write: Callable[[Path], None], overwrite: bool =
     with _temp_beside(dst, is_dir=True) as tmp:
         write(tmp)
         _replace(tmp, dst)
+
+
+def write_text_atomic(dst: Path, text: str) -> None:
+    """Replace ``dst`` (if any) by a file holding ``text``, atomically."""
+    write_file_atomic(dst, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)

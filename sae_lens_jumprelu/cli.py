@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     _add_train_parsers(commands)
     _add_convert_parser(commands)
+    _add_eval_parser(commands)
     from sae_lens_jumprelu.dashboard.command import add_dashboard_parser
 
     add_dashboard_parser(commands)
@@ -216,6 +217,73 @@ def _add_convert_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
     convert.add_argument("--n-inputs", type=int, default=512, help="random inputs for verification")
 
 
+def _add_eval_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from sae_lens_jumprelu.eval_job import DEFAULT_CONTEXT_SIZE, EvalJob
+    from sae_lens_jumprelu.sae_source import ACCEPTED
+
+    defaults = EvalJob()
+    ev = commands.add_parser(
+        "eval",
+        help="L0 (and its distribution), FVU, delta LM loss, CE-loss recovered and firing "
+        "frequencies of any SAE spliced into its language model",
+        description="Evaluate an SAE spliced into a language model. Model, hook, dataset and "
+        "context size default to what the SAE's metadata names (else the embedded "
+        "gemma-3-270m and text); flags override them.",
+    )
+    ev.add_argument("sae", help=ACCEPTED)
+    ev.add_argument(
+        "--model",
+        default=None,
+        help="TransformerLens model name (default: the SAE's metadata, else the embedded "
+        "gemma-3-270m)",
+    )
+    ev.add_argument(
+        "--dataset",
+        default=None,
+        help="HF dataset name or local .txt/.jsonl/.parquet file or directory (default: the "
+        "SAE's metadata dataset_path, else the embedded text); the SAE's own training dataset "
+        "is read through its held-out split",
+    )
+    ev.add_argument(
+        "--tokens",
+        type=_positive_int,
+        default=defaults.tokens,
+        help=f"tokens to evaluate on, in whole contexts (default {defaults.tokens})",
+    )
+    ev.add_argument(
+        "--hook",
+        default=None,
+        help="hook name or site (resid:L, attn:L, mlp:L) the SAE reads (default: its metadata; "
+        "required for a Gemma Scope file outside its release path)",
+    )
+    ev.add_argument(
+        "--context-size",
+        type=_positive_int,
+        default=None,
+        help=f"tokens per context (default: the SAE's metadata, else {DEFAULT_CONTEXT_SIZE})",
+    )
+    ev.add_argument("--out", type=Path, default=defaults.out, help="output directory")
+    ev.add_argument("--device", default=defaults.device)
+    ev.add_argument(
+        "--dtype",
+        default=defaults.dtype,
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the language model",
+    )
+    ev.add_argument(
+        "--keep-special-tokens",
+        dest="exclude_special_tokens",
+        action="store_false",
+        help="count BOS/EOS/pad tokens in the metrics (left out by default, as in the paper)",
+    )
+    ev.add_argument(
+        "--no-zero-ablation",
+        dest="zero_ablation",
+        action="store_false",
+        help="skip the zero-ablation pass (no CE-loss recovered; one forward pass less)",
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if getattr(args, "steps", 1) <= 0:
@@ -258,6 +326,24 @@ def run_convert(args: argparse.Namespace) -> int:
         worst = {i: float(per_latent[i]) for i in issue.latents[:20]}
         out.write(f"  max |f_src - f_dst| per latent: {worst}\n")
     out.write(result.verification.summary() + "\n")
+    return 0
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from sae_lens_jumprelu.eval_job import EvalJob, run_eval
+
+    fields = set(EvalJob.__dataclass_fields__)
+    result = run_eval(EvalJob(**{k: v for k, v in vars(args).items() if k in fields}))
+    e = result.evaluation
+    score = "" if e.ce_loss_score is None else f"  CE recovered {e.ce_loss_score:.3f}"
+    sys.stdout.write(
+        f"{args.sae} on {e.hook_name}: L0 {e.l0:.1f} (p10 {e.l0_p10}, median {e.l0_p50}, "
+        f"p90 {e.l0_p90}, max {e.l0_max})  FVU {e.fvu:.4f}  delta LM loss "
+        f"{e.delta_lm_loss:.4f} (clean CE {e.ce_clean:.3f}){score}  dead {e.frac_dead:.1%}  "
+        f">10% {e.frac_over_10pct:.1%}  [{e.tokens} tokens]\n"
+        f"metrics: {result.files['metrics.json']}  table: {result.files['metrics.md']}  "
+        f"plots: {result.files['feature_frequency.png']}, {result.files['l0_histogram.png']}\n"
+    )
     return 0
 
 
@@ -322,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _friendly(run_train_command, args)
     if args.command == "collect":
         return _friendly(run_collect_command, args)
+    if args.command == "eval":
+        return _friendly(run_eval_command, args)
     if args.command == "dashboard":
         return _friendly(run_dashboard_command, args, (ValueError, IndexError, OSError))
     if args.command == "demo":

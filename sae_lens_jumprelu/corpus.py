@@ -96,6 +96,43 @@ def load_token_corpus(
     )
 
 
+def load_eval_contexts(
+    tokenizer: Any,
+    dataset: str | None = None,
+    *,
+    context_size: int = 128,
+    tokens: int,
+    held_out_every: int | None = 20,
+    prepend_bos: bool = True,
+) -> Int[Tensor, "n_contexts context"]:
+    """About ``tokens`` tokens (whole contexts, rounded up) to evaluate on, or fewer if the
+    source ends first (the caller warns).
+
+    With ``held_out_every`` set, only the documents ``load_token_corpus`` holds out (every
+    ``held_out_every``-th, in the same order) are read: the same first documents a ``train`` run
+    evaluated on; None reads every document. Without ``prepend_bos`` contexts do not start with
+    BOS (documents are still separated by it), as SAELens's ActivationsStore packs them.
+    """
+    if context_size < 2:
+        raise CorpusError(f"context_size must be at least 2 (BOS + a token), got {context_size}")
+    want = math.ceil(tokens / context_size) * context_size
+    documents: list[Tensor] = []
+    counted = 0
+    source = dataset or EMBEDDED_CORPUS
+    with tqdm(total=want, desc=f"tokenizing {source}", unit="tok") as bar:
+        for index, document in enumerate(iter_documents(dataset)):
+            if held_out_every is not None and index % held_out_every != held_out_every - 1:
+                continue
+            ids = _to_tokens(tokenizer, document)
+            documents.append(torch.tensor(ids, dtype=torch.long))
+            counted += len(ids)
+            bar.update(len(ids))
+            if counted >= want:
+                break
+    contexts = _pack(documents, tokenizer, context_size, prepend_bos)
+    return contexts[: want // context_size]
+
+
 def iter_documents(dataset: str | None) -> Iterator[str | list[int]]:
     """Documents as text, or as token ids when the dataset is pre-tokenized."""
     if dataset is None or dataset == EMBEDDED_CORPUS:
@@ -197,13 +234,13 @@ def _to_tokens(tokenizer: Any, document: str | list[int]) -> list[int]:
 
 
 def _pack(
-    documents: list[Tensor], tokenizer: Any, context_size: int
+    documents: list[Tensor], tokenizer: Any, context_size: int, prepend_bos: bool = True
 ) -> Int[Tensor, "n_contexts context"]:
     contexts = list(
         concat_and_batch_sequences(
-            iter(documents),
+            (document for document in documents if document.numel()),
             context_size,
-            begin_batch_token_id=tokenizer.bos_token_id,
+            begin_batch_token_id=tokenizer.bos_token_id if prepend_bos else None,
             sequence_separator_token_id=tokenizer.bos_token_id,
         )
     )

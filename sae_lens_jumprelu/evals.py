@@ -2,7 +2,8 @@
 
 Per SAE over held-out contexts: mean L0, FVU (centred: sum||x - x_hat||^2 / sum||x - mean x||^2),
 delta LM loss (next-token cross-entropy with the reconstruction spliced in minus the clean one),
-optionally CE-loss-recovered against zero ablation, and firing frequencies. Special tokens (BOS,
+optionally CE-loss-recovered against zero ablation, firing frequencies and the distribution of
+per-token L0 (exact histogram and quantiles). Special tokens (BOS,
 pad...) are excluded throughout, as in the paper: they are neither spliced nor counted, and
 positions predicting a special token do not count towards the loss.
 """
@@ -19,7 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from sae_lens_jumprelu.metrics import FVUAccumulator
+from sae_lens_jumprelu.atomic import write_text_atomic
+from sae_lens_jumprelu.metrics import FVUAccumulator, histogram_quantile
 
 
 @dataclass
@@ -31,6 +33,14 @@ class SAEEvaluation:
     """Tokens the SAE saw (special tokens excluded)."""
     l0: float
     """Mean active latents per token."""
+    l0_p10: int
+    """10th percentile of the per-token L0 (an L0 that occurred: numpy's "inverted_cdf")."""
+    l0_p50: int
+    """Median per-token L0."""
+    l0_p90: int
+    """90th percentile of the per-token L0."""
+    l0_max: int
+    """Largest per-token L0."""
     fvu: float
     """sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the tokens."""
     ce_clean: float
@@ -49,10 +59,14 @@ class SAEEvaluation:
     """(ce_zero_ablation - ce_spliced) / (ce_zero_ablation - ce_clean): 1 is a perfect SAE."""
     feature_frequency: list[float] = field(default_factory=list, repr=False)
     """Per latent: fraction of tokens on which it fired."""
+    l0_histogram: list[int] = field(default_factory=list, repr=False)
+    """``l0_histogram[k]``: tokens on which exactly k latents fired (k = 0 .. l0_max)."""
 
     def summary(self) -> dict[str, Any]:
-        """Every scalar metric (the frequencies left out), for JSON and tables."""
-        return {k: v for k, v in asdict(self).items() if k != "feature_frequency"}
+        """Every scalar metric (frequencies and histogram left out), for JSON and tables."""
+        return {
+            k: v for k, v in asdict(self).items() if k not in ("feature_frequency", "l0_histogram")
+        }
 
 
 @torch.no_grad()
@@ -73,7 +87,7 @@ def evaluate_saes(
     """
     hooks = {name: _hook_of(name, sae) for name, sae in saes.items()}
     for name, sae in saes.items():
-        _check_compatible(model, hooks[name], sae)
+        check_compatible(model, hooks[name], sae)
     accumulators = {name: _Accumulator(sae.cfg.d_sae) for name, sae in saes.items()}
     exclude = torch.tensor(exclude_token_ids, dtype=torch.long)
     starts = range(0, contexts.shape[0], contexts_per_pass)
@@ -107,8 +121,8 @@ def write_evaluations(results: dict[str, SAEEvaluation], out: Path) -> Path:
     """``metrics.json`` (one object per SAE) beside a Markdown table ``metrics.md``."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.json"
-    path.write_text(json.dumps({n: r.summary() for n, r in results.items()}, indent=2))
-    (out / "metrics.md").write_text(markdown_table(results))
+    write_text_atomic(path, json.dumps({n: r.summary() for n, r in results.items()}, indent=2))
+    write_text_atomic(out / "metrics.md", markdown_table(results))
     return path
 
 
@@ -135,7 +149,8 @@ def _hook_of(name: str, sae: SAE[Any]) -> str:
     return hook_name
 
 
-def _check_compatible(model: HookedTransformer, hook_name: str, sae: SAE[Any]) -> None:
+def check_compatible(model: HookedTransformer, hook_name: str, sae: SAE[Any]) -> None:
+    """Raise naming both sides when ``model`` lacks ``hook_name`` or its width is not d_in."""
     if hook_name not in model.hook_dict:
         raise ValueError(
             f"the SAE reads hook {hook_name!r}, which {model.cfg.model_name} does not have: "
@@ -176,7 +191,8 @@ class _Accumulator:
     def __init__(self, d_sae: int) -> None:
         self.fvu = FVUAccumulator()
         self.fired = torch.zeros(d_sae, dtype=torch.float64)
-        self.l0_sum = 0.0
+        # per-token L0 is an integer in 0..d_sae: an exact histogram, not a sample of it
+        self.l0_counts = torch.zeros(d_sae + 1, dtype=torch.long)
         self.tokens = 0
         self.loss_sums: dict[str, float] = {}
         self.loss_counts: dict[str, int] = {}
@@ -184,7 +200,8 @@ class _Accumulator:
     def add_features(self, features: Tensor, acts: Tensor, recons: Tensor) -> None:
         active = features != 0
         self.fired += active.sum(dim=0).double().cpu()
-        self.l0_sum += active.sum().item()
+        per_token = active.sum(dim=-1).cpu()
+        self.l0_counts += torch.bincount(per_token, minlength=self.l0_counts.shape[0])
         self.tokens += features.shape[0]
         self.fvu.add(acts.reshape(features.shape[0], -1), recons.reshape(features.shape[0], -1))
 
@@ -201,12 +218,18 @@ class _Accumulator:
         if self.tokens == 0:
             raise ValueError("no tokens to evaluate on: every token was a special token")
         frequency = self.fired / self.tokens
+        counts = self.l0_counts
+        l0_max = int(counts.nonzero().max())
         clean, spliced, zero = (self.mean_loss(n) for n in ("clean", "spliced", "zero"))
         assert clean is not None and spliced is not None
         return SAEEvaluation(
             hook_name=hook_name,
             tokens=self.tokens,
-            l0=self.l0_sum / self.tokens,
+            l0=(counts.double() * torch.arange(counts.shape[0])).sum().item() / self.tokens,
+            l0_p10=histogram_quantile(counts, 0.1),
+            l0_p50=histogram_quantile(counts, 0.5),
+            l0_p90=histogram_quantile(counts, 0.9),
+            l0_max=l0_max,
             fvu=self.fvu.compute(),
             ce_clean=clean,
             ce_spliced=spliced,
@@ -216,4 +239,5 @@ class _Accumulator:
             ce_zero_ablation=zero,
             ce_loss_score=None if zero is None else (zero - spliced) / (zero - clean),
             feature_frequency=frequency.tolist(),
+            l0_histogram=counts[: l0_max + 1].tolist(),
         )

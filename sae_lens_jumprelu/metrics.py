@@ -1,7 +1,7 @@
 """Reconstruction and sparsity metrics shared by the demo, benchmarks and evals."""
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 
@@ -37,3 +37,19 @@ def fvu(x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"]) -> f
     acc = FVUAccumulator()
     acc.add(x, x_hat)
     return acc.compute()
+
+
+def histogram_quantile(counts: Int[Tensor, " n_values"], q: float) -> int:
+    """The ``q``-quantile of integers given as a histogram (``counts[v]`` values equal to v):
+    the smallest v with at least a fraction q of the values <= v, numpy's "inverted_cdf"
+    (an L0 that actually occurred, never an interpolation between two)."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile q must be in [0, 1], got {q}")
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError("quantile of an empty histogram: add at least one value")
+    cumulative = counts.cumsum(0)
+    # numpy's inverted_cdf: the first v whose cumulative count reaches q * total (v = 0 for q = 0
+    # only if some value is 0: the first non-empty bin)
+    needed = max(q * total, 1e-12)
+    return int(torch.searchsorted(cumulative.double(), torch.tensor([needed]).double()).item())

@@ -43,6 +43,8 @@ CHECKED_MODULES = [
         "convert.gemma_scope",
         "convert.dictionary_learning",
         "convert.api",
+        "sae_source",
+        "eval_job",
         "analysis.hooked",
         "analysis.attribution",
         "analysis.interventions",
@@ -62,6 +64,7 @@ with install_import_hook(CHECKED_MODULES, TYPECHECKER):
     import sae_lens_jumprelu.analysis  # noqa: F401
     import sae_lens_jumprelu.convert  # noqa: F401
     import sae_lens_jumprelu.dashboard  # noqa: F401
+    import sae_lens_jumprelu.eval_job  # noqa: F401
     import sae_lens_jumprelu.synthetic  # noqa: F401
 
 from sae_lens.saes.sae import TrainStepInput  # noqa: E402

@@ -6,7 +6,12 @@ import torch
 from datasets import Dataset
 from gemma_fixtures import BOS, word_tokenizer
 
-from sae_lens_jumprelu.corpus import CorpusError, embedded_documents, load_token_corpus
+from sae_lens_jumprelu.corpus import (
+    CorpusError,
+    embedded_documents,
+    load_eval_contexts,
+    load_token_corpus,
+)
 
 WORDS = [f"w{i}" for i in range(200)] + [f"doc{i}" for i in range(100)]
 
@@ -124,3 +129,35 @@ def test_unreachable_hub_dataset_is_a_clear_error(tokenizer, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(CorpusError, match="cannot open Hugging Face dataset 'someone/no-such-set'"):
         load_token_corpus(tokenizer, "someone/no-such-set", train_tokens=10)
+
+
+def test_eval_contexts_are_the_documents_train_holds_out(tmp_path, tokenizer):
+    (tmp_path / "a.txt").write_text("\n\n".join(documents(100)))
+    held_out = load_token_corpus(
+        tokenizer, str(tmp_path / "a.txt"), context_size=16, train_tokens=2400, held_out_tokens=96
+    ).held_out  # (train is not full before document 79, so only every 20th is held out)
+    evaluated = load_eval_contexts(tokenizer, str(tmp_path / "a.txt"), context_size=16, tokens=96)
+    assert held_out.shape == (6, 16) and torch.equal(evaluated, held_out)
+    everything = load_eval_contexts(
+        tokenizer, str(tmp_path / "a.txt"), context_size=16, tokens=40, held_out_every=None
+    )
+    assert everything.shape == (3, 16)  # 40 tokens round up to whole contexts
+    assert tokenizer.decode(everything[0]).split()[:2] == ["<bos>", "doc0"]
+
+
+def test_eval_contexts_without_bos_first(tmp_path, tokenizer):
+    (tmp_path / "a.txt").write_text("doc1 w1 w2 w3 w4 w5\n\ndoc2 w6 w7 w8 w9 w10 w11")
+    common = {"context_size": 6, "tokens": 12, "held_out_every": None}
+    with_bos = load_eval_contexts(tokenizer, str(tmp_path / "a.txt"), **common)
+    without = load_eval_contexts(tokenizer, str(tmp_path / "a.txt"), prepend_bos=False, **common)
+    words = [tokenizer.decode(c).split() for c in (*with_bos, *without)]
+    assert words[:2] == [
+        ["<bos>", "doc1", "w1", "w2", "w3", "w4"],
+        ["<bos>", "w5", "<bos>", "doc2", "w6", "w7"],
+    ]
+    # SAELens's packing without prepend_bos: documents start contexts bare; a separator is only
+    # written inside a context
+    assert words[2:] == [
+        ["doc1", "w1", "w2", "w3", "w4", "w5"],
+        ["doc2", "w6", "w7", "w8", "w9", "w10"],
+    ]

@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 from gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
-from sae_lens_jumprelu.evals import evaluate_saes, markdown_table, write_evaluations
+from sae_lens_jumprelu.evals import _Accumulator, evaluate_saes, markdown_table, write_evaluations
 from sae_lens_jumprelu.sites import resolve_sites
 
 SPECIAL = [PAD, EOS, BOS]
@@ -121,3 +122,38 @@ def test_mismatched_sae_errors_name_both_sides(model):
     nameless = make_sae(64, "")
     with pytest.raises(ValueError, match="does not say which hook"):
         evaluate_saes(model, {"x": nameless}, contexts, SPECIAL)
+
+
+def test_l0_distribution_and_frequencies_of_a_hand_built_feature_matrix():
+    # per-token L0 2, 0, 2, 1, 2: histogram [1, 1, 3]; latent 3 never fires
+    features = torch.tensor(
+        [[1.0, 0, 2, 0], [0, 0, 0, 0], [3, 1, 0, 0], [0, 0, 5, 0], [1, 1, 0, 0]]
+    )
+    acc = _Accumulator(d_sae=4)
+    acc.add_features(features[:2], torch.ones(2, 3), torch.ones(2, 3))
+    acc.add_features(features[2:], torch.zeros(3, 3), torch.zeros(3, 3))
+    for name in ("clean", "spliced"):
+        acc.add_loss(name, torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool))
+    result = acc.result("blocks.0.hook_resid_post")
+    assert result.l0_histogram == [1, 1, 3]
+    assert result.l0 == pytest.approx(7 / 5)
+    assert (result.l0_p10, result.l0_p50, result.l0_p90, result.l0_max) == (0, 2, 2, 2)
+    assert result.feature_frequency == pytest.approx([3 / 5, 2 / 5, 2 / 5, 0])
+    assert result.frac_dead == 0.25 and result.frac_over_10pct == 0.75
+    summary = result.summary()
+    assert "l0_histogram" not in summary and "feature_frequency" not in summary
+    assert summary["l0_p50"] == 2
+
+
+def test_l0_histogram_matches_the_models_activations(model):
+    (site,) = resolve_sites(model, ["resid:1"])
+    contexts = random_contexts(4)
+    sae = make_sae(site.d_in, site.hook_name)
+    with torch.no_grad():
+        sae.threshold.fill_(0.7)  # latent i fires where x_i > 0.7, latent d_in + i where < -0.7
+    result = evaluate_saes(model, {"s": sae}, contexts, SPECIAL, progress=None)["s"]
+    per_token = (kept_activations(model, site.hook_name, contexts).abs() > 0.7).sum(-1)
+    assert result.l0_histogram == torch.bincount(per_token).tolist()
+    for q, got in [(0.1, result.l0_p10), (0.5, result.l0_p50), (0.9, result.l0_p90)]:
+        assert got == np.quantile(per_token.numpy(), q, method="inverted_cdf")
+    assert result.l0_max == per_token.max() and result.l0_p10 < result.l0_max

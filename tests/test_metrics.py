@@ -1,9 +1,10 @@
-"""Fraction of variance unexplained, centred on the data mean."""
+"""Fraction of variance unexplained, centred on the data mean; quantiles of a histogram."""
 
+import numpy as np
 import pytest
 import torch
 
-from sae_lens_jumprelu.metrics import FVUAccumulator, fvu
+from sae_lens_jumprelu.metrics import FVUAccumulator, fvu, histogram_quantile
 
 
 def test_perfect_reconstruction_has_fvu_zero() -> None:
@@ -55,3 +56,26 @@ def test_large_offset_keeps_precision() -> None:
 def test_empty_accumulator_raises() -> None:
     with pytest.raises(ValueError, match="no data"):
         FVUAccumulator().compute()
+
+
+def test_histogram_quantile_hand_computed() -> None:
+    # values 1, 1, 2, 4: half are <= 1, three quarters <= 2
+    counts = torch.tensor([0, 2, 1, 0, 1])
+    expected = {0.0: 1, 0.1: 1, 0.5: 1, 0.51: 2, 0.75: 2, 0.76: 4, 0.9: 4, 1.0: 4}
+    assert {q: histogram_quantile(counts, q) for q in expected} == expected
+
+
+def test_histogram_quantile_is_numpys_inverted_cdf() -> None:
+    generator = np.random.default_rng(0)
+    for _ in range(50):
+        values = generator.integers(0, 12, size=int(generator.integers(1, 40)))
+        counts = torch.bincount(torch.from_numpy(values), minlength=12)
+        for q in (0.1, 0.5, 0.9, float(generator.random())):
+            assert histogram_quantile(counts, q) == np.quantile(values, q, method="inverted_cdf")
+
+
+def test_histogram_quantile_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="empty histogram"):
+        histogram_quantile(torch.zeros(3, dtype=torch.long), 0.5)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\], got 1.5"):
+        histogram_quantile(torch.tensor([1, 2]), 1.5)

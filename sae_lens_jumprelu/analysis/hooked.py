@@ -41,26 +41,20 @@ def hooked_sae_transformer(
 
 
 def load_sae(spec: str | Path, *, device: str = "cpu", hook_name: str | None = None) -> SAE[Any]:
-    """An SAE from a path: a SAELens directory (``SAE.load_from_disk``), or anything
-    ``sae_lens_jumprelu.convert`` reads (Gemma Scope ``params.npz`` / ``params.safetensors``,
-    dictionary_learning), converted in memory to SAELens's own class.
+    """An SAE from anything ``sae_source.load_sae`` reads (a SAELens directory, Gemma Scope
+    params, dictionary_learning, a SAELens ``RELEASE/SAE_ID``), its hook set to ``hook_name``
+    when given.
 
-    The one place the analysis tools read SAEs from disk.
+    The one place the analysis tools read SAEs.
     """
-    from sae_lens_jumprelu.convert import load
-    from sae_lens_jumprelu.convert.api import detect_format
-    from sae_lens_jumprelu.convert.sae_lens_format import to_sae_lens_sae
+    from sae_lens_jumprelu.sae_source import load_sae as load_any
 
-    path = Path(spec).expanduser()
-    if detect_format(path) == "sae-lens":
-        sae = SAE.load_from_disk(path, device=device)
-        if hook_name is not None:
-            sae.cfg.metadata.hook_name = hook_name
-        return sae
-    sae = to_sae_lens_sae(load(path, hook_name=hook_name))
-    if sae.cfg.metadata.hook_name is None:
+    sae = load_any(spec, device=device).sae
+    if hook_name is not None:
+        sae.cfg.metadata.hook_name = hook_name
+    if not sae.cfg.metadata.hook_name:
         raise ValueError(f"{spec}: the SAE names no hook point; pass hook_name=... (--hook-name)")
-    return sae.to(device)
+    return sae
 
 
 def check_saes(model: HookedTransformer, saes: Iterable[SAE[Any]]) -> None:
