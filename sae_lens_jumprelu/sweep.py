@@ -144,6 +144,12 @@ class StreamStatistics:
     mean_squared_norm: float
     """E||x||^2; ours scales inputs by 1 / sqrt(E||x||^2)."""
 
+    @classmethod
+    def of(cls, x: Float[Tensor, "n d_in"]) -> "StreamStatistics":
+        x = x.reshape(x.shape[0], -1).double()
+        norms = x.norm(dim=-1)
+        return cls(x.mean(dim=0).float(), norms.mean().item(), norms.pow(2).mean().item())
+
 
 def run_sweep(
     job: SweepJob,
@@ -275,14 +281,9 @@ def _peek_statistics(batches: Any, hook_name: str) -> tuple[StreamStatistics, An
     head: list[SiteBatch] = list(islice(batches, _STAT_BATCHES))
     if not head:
         raise ValueError("the activation stream is empty: no tokens to train on")
-    x = torch.cat([batch[hook_name] for batch in head]).double()
-    norms = x.norm(dim=-1)
-    stats = StreamStatistics(
-        mean=x.mean(dim=0).float(),
-        mean_norm=norms.mean().item(),
-        mean_squared_norm=norms.pow(2).mean().item(),
+    return StreamStatistics.of(torch.cat([batch[hook_name] for batch in head])), chain(
+        head, batches
     )
-    return stats, chain(head, batches)
 
 
 def _new_sae(
@@ -308,15 +309,24 @@ def _new_sae(
     metadata.prepend_bos = True
     metadata.dataset_path = dataset
     metadata.exclude_special_tokens = exclude
+    return sae, set_normalisation(arch, sae, stats, job.init_b_dec_to_mean)
+
+
+def set_normalisation(
+    arch: Architecture, sae: TrainingSAE[Any], stats: StreamStatistics, init_b_dec_to_mean: bool
+) -> float | None:
+    """Ours: E||x||^2 = 1 inside the SAE (returns None). Built-ins: the factor SAELens's
+    trainer scales inputs by, SAELens's own estimate sqrt(d_in) / E||x||
+    (``ActivationScaler.estimate_scaling_factor``) on the same batches; with
+    ``init_b_dec_to_mean`` their b_dec starts at the scaled mean, as ours does."""
     if arch.self_normalising:
         sae.set_mean_squared_norm(stats.mean_squared_norm)  # type: ignore[attr-defined]
-        return sae, None
-    # SAELens's own estimate (ActivationScaler.estimate_scaling_factor) on the same batches.
-    factor = math.sqrt(site.d_in) / stats.mean_norm
-    if job.init_b_dec_to_mean:
+        return None
+    factor = math.sqrt(sae.cfg.d_in) / stats.mean_norm
+    if init_b_dec_to_mean:
         with torch.no_grad():
             sae.b_dec.copy_((stats.mean * factor).to(sae.b_dec))
-    return sae, factor
+    return factor
 
 
 def _save(sae: TrainingSAE[Any], path: Path) -> Path:
