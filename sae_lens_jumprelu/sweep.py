@@ -55,10 +55,11 @@ class SweepJob:
     """One site spec (``resid:9``, ``mlp:3``, a hook name); None: the middle residual stream."""
     dataset: str | None = None
     """HF dataset name or local text/JSONL/parquet file or directory; None: the embedded corpus."""
-    tokens: int = 200_000
+    # 100k tokens: the whole default run (27 SAEs) costs ~25 CPU-minutes (README, "Compare
+    # architectures"); 200k at d_sae 2048 would be about 2.5 times that.
+    tokens: int = 100_000
     """Training tokens, the same for every SAE."""
-    # 24 SAEs at d_sae 2048 train at ~0.4 CPU-s per step each on this 2-core CPU, which
-    # alone would take the default run past 30 minutes; 1024 halves it.
+    # The SAE matmuls scale with d_sae: 2048 would double the training time of the default.
     d_sae: int = 1024
     """Latents per SAE."""
     architectures: tuple[str, ...] = tuple(ARCHITECTURES)

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sae_lens_jumprelu.architectures import Architecture  # noqa: E402
+from sae_lens_jumprelu.architectures import ARCHITECTURES, Architecture  # noqa: E402
 from sae_lens_jumprelu.atomic import write_file_atomic  # noqa: E402
 from sae_lens_jumprelu.evals import SAEEvaluation  # noqa: E402
 
@@ -129,7 +129,8 @@ def plot_metric_vs_l0(
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for arch, group in _by_architecture(rows).items():
         group = sorted(group, key=lambda r: r.l0)
-        ax.plot([r.l0 for r in group], [getattr(r, metric) for r in group], "o-", label=arch)
+        label = f"{ARCHITECTURES[arch].label} ({arch})"
+        ax.plot([r.l0 for r in group], [getattr(r, metric) for r in group], "o-", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("L0 (held-out mean active latents)")
     ax.set_ylabel(ylabel)
@@ -154,7 +155,7 @@ def plot_frequencies(rows: list[SweepRow], frequencies: dict[str, list[float]], 
             freq = np.asarray(frequencies[f"{r.architecture}/{r.setting}"])
             logs = np.log10(np.clip(freq, _NEVER, None))
             ax.hist(logs, bins=bins, histtype="step", label=f"{r.setting} (L0 {r.l0:.0f})")
-        ax.set_title(arch, fontsize=9)
+        ax.set_title(f"{ARCHITECTURES[arch].label} ({arch})", fontsize=9)
         ax.set_xlabel("log10 firing frequency")
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(groups) :]:
