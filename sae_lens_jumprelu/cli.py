@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from sae_lens_jumprelu.recipes import RECIPES
 
 if TYPE_CHECKING:
+    from sae_lens_jumprelu.sweep import SweepJob
     from sae_lens_jumprelu.train import TrainJob
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--recipe", choices=sorted(RECIPES), default="short_budget")
     demo.add_argument("--seed", type=int, default=0)
     _add_train_parsers(commands)
+    _add_sweep_parser(commands)
     _add_convert_parser(commands)
     _add_eval_parser(commands)
     from sae_lens_jumprelu.dashboard.command import add_dashboard_parser
@@ -169,6 +171,131 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         default=None,
         help="checkpoint to continue (OUT/checkpoints or a step_N in it), on any number of ranks",
     )
+
+
+def _add_sweep_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from sae_lens_jumprelu.architectures import ARCHITECTURES
+    from sae_lens_jumprelu.sweep import SweepJob
+
+    defaults = SweepJob()
+    sweep = commands.add_parser(
+        "sweep",
+        help="train JumpReLU (ours and SAELens's), TopK, BatchTopK and Gated SAEs on one "
+        "activation stream over grids of sparsity settings; compare delta LM loss and FVU vs L0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="architectures (knob: default grid):\n"
+        + "\n".join(
+            f"  {a.name:20s} {a.knob}: {','.join(f'{v:g}' for v in a.grid)}"
+            for a in ARCHITECTURES.values()
+        ),
+    )
+    sweep.add_argument(
+        "--model",
+        default=None,
+        help="TransformerLens model name (default: the embedded gemma-3-270m)",
+    )
+    sweep.add_argument(
+        "--site",
+        default=None,
+        help="one site: resid:L, attn:L, mlp:L or a hook name (default: resid at the middle layer)",
+    )
+    sweep.add_argument(
+        "--dataset",
+        default=None,
+        help="HF dataset name or local "
+        ".txt/.jsonl/.parquet file or directory (default: embedded text)",
+    )
+    sweep.add_argument(
+        "--activations",
+        type=Path,
+        default=None,
+        help="train from a cache written by `collect` instead of the model",
+    )
+    sweep.add_argument(
+        "--tokens",
+        type=_positive_int,
+        default=defaults.tokens,
+        help=f"training tokens per SAE (default {defaults.tokens})",
+    )
+    sweep.add_argument(
+        "--d-sae",
+        type=_positive_int,
+        default=defaults.d_sae,
+        help=f"latents per SAE (default {defaults.d_sae})",
+    )
+    sweep.add_argument(
+        "--architectures",
+        type=_architecture_list,
+        default=defaults.architectures,
+        help=f"comma-separated (default: all: {','.join(ARCHITECTURES)})",
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        type=_grid,
+        default=[],
+        dest="grids",
+        metavar="ARCH=V1,V2,...",
+        help="sparsity settings of one architecture (its knob, see below); repeatable",
+    )
+    sweep.add_argument("--out", type=Path, default=defaults.out)
+    sweep.add_argument("--device", default=defaults.device)
+    sweep.add_argument(
+        "--dtype",
+        default=defaults.dtype,
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the model",
+    )
+    sweep.add_argument("--seed", type=int, default=defaults.seed)
+    sweep.add_argument("--context-size", type=_positive_int, default=defaults.context_size)
+    sweep.add_argument(
+        "--eval-tokens",
+        type=_positive_int,
+        default=defaults.eval_tokens,
+        help=f"held-out tokens evaluated on (default {defaults.eval_tokens})",
+    )
+    sweep.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=defaults.batch_size,
+        help=f"activations per step (default {defaults.batch_size})",
+    )
+    sweep.add_argument(
+        "--lr",
+        type=float,
+        default=defaults.lr,
+        help=f"learning rate of every SAE (default {defaults.lr:g})",
+    )
+    sweep.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=defaults.recipe,
+        help="recipe of our JumpReLU SAEs",
+    )
+
+
+def _architecture_list(text: str) -> tuple[str, ...]:
+    from sae_lens_jumprelu.architectures import ARCHITECTURES
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ARCHITECTURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown architecture(s) {unknown or [text]}; choose from {', '.join(ARCHITECTURES)}"
+        )
+    return names
+
+
+def _grid(text: str) -> tuple[str, tuple[float, ...]]:
+    name, sep, values = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: write ARCH=V1,V2,..., e.g. topk=8,16,32")
+    (name,) = _architecture_list(name)
+    try:
+        grid = tuple(float(v) for v in values.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the values must be numbers") from None
+    return name, grid
 
 
 def _positive_int(text: str) -> int:
@@ -374,6 +501,25 @@ def run_train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_job(args: argparse.Namespace) -> "SweepJob":
+    from sae_lens_jumprelu.sweep import SweepJob
+
+    fields = set(SweepJob.__dataclass_fields__)
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    return SweepJob(**{**values, "grids": dict(args.grids)})
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from sae_lens_jumprelu.sweep import run_sweep
+
+    result = run_sweep(_sweep_job(args))
+    out = sys.stdout
+    out.write((result.out / "results.md").read_text())
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    out.write(f"results: {result.files['csv']}  figures: {result.out}/*.png  ({timing})\n")
+    return 0
+
+
 def run_collect_command(args: argparse.Namespace) -> int:
     from sae_lens_jumprelu.train import run_collect
 
@@ -412,6 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _friendly(run_eval_command, args)
     if args.command == "dashboard":
         return _friendly(run_dashboard_command, args, (ValueError, IndexError, OSError))
+    if args.command == "sweep":
+        return _friendly(run_sweep_command, args)
     if args.command == "demo":
         from sae_lens_jumprelu.demo import run_demo
 

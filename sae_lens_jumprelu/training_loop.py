@@ -27,12 +27,18 @@ def train_in_lockstep(
     settings: TrainerSettings,
     on_step: StepCallback | None = None,
     progress: str | None = "training",
+    activation_scaling: dict[str, float] | None = None,
 ) -> dict[str, SAETrainer[Any, Any]]:
     """Train every SAE on ``batches[hook_names[name]]``; stops after ``settings.total_samples``
-    or when the stream ends (the trainers then hold the steps actually taken)."""
+    or when the stream ends (the trainers then hold the steps actually taken).
+
+    ``activation_scaling[name]`` is the scalar SAELens's trainer multiplies that SAE's inputs by
+    (for ``normalize_activations="expected_average_only_in"``); it is folded into the weights
+    at the end, as ``SAETrainer.fit`` does, so the trained SAE takes raw activations.
+    """
     if set(saes) != set(hook_names):
         raise ValueError(f"saes {sorted(saes)} and hook_names {sorted(hook_names)} differ")
-    trainers = make_trainers(saes, settings)
+    trainers = make_trainers(saes, settings, activation_scaling)
     trainer_cfg = settings.to_trainer_config()
     steps = trainer_cfg.total_training_steps
     for _ in tqdm(range(steps), desc=progress, unit="step", disable=progress is None):
@@ -46,27 +52,54 @@ def train_in_lockstep(
             if on_step is not None:
                 on_step(name, trainer.n_training_steps, output)
     for trainer in trainers.values():
+        if trainer.activation_scaler.scaling_factor is not None:
+            trainer.sae.fold_activation_norm_scaling_factor(
+                trainer.activation_scaler.scaling_factor
+            )
+            trainer.activation_scaler.scaling_factor = None
         trainer.set_final_sae_metadata()
     return trainers
 
 
 def make_trainers(
-    saes: dict[str, TrainingSAE[Any]], settings: TrainerSettings
+    saes: dict[str, TrainingSAE[Any]],
+    settings: TrainerSettings,
+    activation_scaling: dict[str, float] | None = None,
 ) -> dict[str, SAETrainer[Any, Any]]:
     """One SAELens ``SAETrainer`` per SAE, fed step by step (no data provider of its own)."""
+    scaling = activation_scaling or {}
     for name, sae in saes.items():
-        if sae.cfg.normalize_activations != "none":
-            raise ValueError(
-                f"SAE {name!r} has normalize_activations={sae.cfg.normalize_activations!r}, "
-                "which needs SAELens's activation scaler (SAETrainer.fit); use 'none': this "
-                "package's SAEs normalise themselves (normalize_to_unit_mean_square)"
-            )
+        _check_normalisation(name, sae, scaling.get(name))
         sae.to(settings.device)
     trainer_cfg = settings.to_trainer_config()
-    return {
+    trainers = {
         name: SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
         for name, sae in saes.items()
     }
+    for name, factor in scaling.items():
+        trainers[name].activation_scaler.scaling_factor = factor
+    return trainers
+
+
+def _check_normalisation(name: str, sae: TrainingSAE[Any], factor: float | None) -> None:
+    mode = sae.cfg.normalize_activations
+    if mode == "expected_average_only_in" and factor is None:
+        raise ValueError(
+            f"SAE {name!r} has normalize_activations='expected_average_only_in': give its "
+            "scaling factor in activation_scaling (SAELens: sqrt(d_in) / E||x||)"
+        )
+    if mode not in ("none", "expected_average_only_in"):
+        raise ValueError(
+            f"SAE {name!r} has normalize_activations={mode!r}, which needs SAELens's "
+            "SAETrainer.fit; use 'none' (this package's SAEs normalise themselves, "
+            "normalize_to_unit_mean_square) or 'expected_average_only_in' with "
+            "activation_scaling"
+        )
+    if factor is not None and mode != "expected_average_only_in":
+        raise ValueError(
+            f"SAE {name!r} got an activation scaling factor but has normalize_activations="
+            f"{mode!r}; set it to 'expected_average_only_in'"
+        )
 
 
 class CurveRecorder:

@@ -1,0 +1,159 @@
+"""The SAE architectures ``sae-jumprelu sweep`` compares, each with its sparsity knob and grid.
+
+Ours (``jumprelu_ste``, by target L0 or by fixed lambda) and SAELens's own ``jumprelu``, ``topk``,
+``batchtopk`` and ``gated`` training SAEs, built from SAELens's config classes and trained by
+SAELens's ``SAETrainer``. The built-ins see activations through SAELens's own scalar
+normalisation (``normalize_activations="expected_average_only_in"``, E||x|| = sqrt(d_in), the
+units their default thresholds, bandwidths and coefficients assume); ours normalises itself to
+E||x||^2 = 1, the paper's units.
+
+The grids were measured on the default sweep's setting (the embedded Gemma 3 270M,
+``blocks.9.hook_resid_post``, 99k tokens from a ``collect`` cache, d_sae 1024, batch 1024,
+lr 3e-4; docs/sweep/results.csv): the comment on each grid gives the held-out L0 it reached.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sae_lens import (
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    GatedTrainingSAE,
+    GatedTrainingSAEConfig,
+    JumpReLUTrainingSAE,
+    JumpReLUTrainingSAEConfig,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+)
+from sae_lens.saes.sae import TrainingSAE
+
+from sae_lens_jumprelu.recipes import Recipe
+from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
+
+SaeBuilder = Callable[[int, int, float, Recipe, dict[str, Any]], TrainingSAE[Any]]
+"""``(d_in, d_sae, value of the knob, our recipe, common config fields)`` -> a fresh SAE."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One contender of the sweep."""
+
+    name: str
+    """Name on the command line and in results.csv."""
+    label: str
+    """Legend text of the plots."""
+    knob: str
+    """The config field the grid sets (``target_l0``, ``k``, ``l0_coefficient``...)."""
+    grid: tuple[float, ...]
+    """Default values of ``knob``, chosen so that the L0 ranges of all architectures overlap."""
+    build: SaeBuilder
+    """Makes the SAE for one value of the knob."""
+    self_normalising: bool = False
+    """True for ours (E||x||^2 = 1 inside the SAE); the built-ins use SAELens's scaler."""
+
+    def setting(self, value: float) -> str:
+        return f"{self.knob}={value:g}"
+
+
+def _ours_target(
+    d_in: int, d_sae: int, value: float, recipe: Recipe, common: dict[str, Any]
+) -> TrainingSAE[Any]:
+    return JumpReLUSTETrainingSAE(recipe.sae_config(d_in, d_sae, target_l0=value, **common))
+
+
+def _ours_lambda(
+    d_in: int, d_sae: int, value: float, recipe: Recipe, common: dict[str, Any]
+) -> TrainingSAE[Any]:
+    return JumpReLUSTETrainingSAE(recipe.sae_config(d_in, d_sae, l0_coefficient=value, **common))
+
+
+def _builtin_common(common: dict[str, Any]) -> dict[str, Any]:
+    return {**common, "normalize_activations": "expected_average_only_in"}
+
+
+def _sae_lens_jumprelu(
+    d_in: int, d_sae: int, value: float, recipe: Recipe, common: dict[str, Any]
+) -> TrainingSAE[Any]:
+    # The paper's lambda * L0 ("step"), SAELens's defaults otherwise (theta_init 0.01, eps 0.05).
+    cfg = JumpReLUTrainingSAEConfig(
+        d_in=d_in, d_sae=d_sae, l0_coefficient=value, **_builtin_common(common)
+    )
+    return JumpReLUTrainingSAE(cfg)
+
+
+def _topk(
+    d_in: int, d_sae: int, value: float, recipe: Recipe, common: dict[str, Any]
+) -> TrainingSAE[Any]:
+    cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=int(value), **_builtin_common(common))
+    return TopKTrainingSAE(cfg)
+
+
+def _batchtopk(
+    d_in: int, d_sae: int, value: float, recipe: Recipe, common: dict[str, Any]
+) -> TrainingSAE[Any]:
+    # Trains with a batch-level top-k; saved as a JumpReLU SAE with one threshold learnt as an
+    # EMA of the smallest kept activation (SAELens's BatchTopKTrainingSAE).
+    cfg = BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=value, **_builtin_common(common))
+    return BatchTopKTrainingSAE(cfg)
+
+
+def _gated(
+    d_in: int, d_sae: int, value: float, recipe: Recipe, common: dict[str, Any]
+) -> TrainingSAE[Any]:
+    cfg = GatedTrainingSAEConfig(
+        d_in=d_in, d_sae=d_sae, l1_coefficient=value, **_builtin_common(common)
+    )
+    return GatedTrainingSAE(cfg)
+
+
+_L0_GRID = (8.0, 16.0, 32.0, 64.0)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture(
+            "jumprelu_ste_target",
+            "ours, target L0",
+            "target_l0",
+            _L0_GRID,
+            _ours_target,
+            self_normalising=True,
+        ),
+        Architecture(
+            "jumprelu_ste_lambda",
+            "ours, fixed lambda",
+            "l0_coefficient",
+            # held-out L0 152, 128, 64, 13.5, 7.1
+            (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+            _ours_lambda,
+            self_normalising=True,
+        ),
+        Architecture(
+            "jumprelu",
+            "SAELens jumprelu",
+            "l0_coefficient",
+            # held-out L0 781, 760, 757, 757, 754: lambda barely acts in a run this short (its
+            # log-thresholds move ~lr per step, SAELens #494); kept to show it
+            (0.1, 0.3, 1.0, 3.0, 10.0),
+            _sae_lens_jumprelu,
+        ),
+        Architecture("topk", "SAELens topk", "k", _L0_GRID, _topk),
+        # saved as JumpReLU with its EMA threshold: held-out L0 94, 126, 189, 300 (not k)
+        Architecture("batchtopk", "SAELens batchtopk", "k", _L0_GRID, _batchtopk),
+        Architecture(
+            "gated",
+            "SAELens gated",
+            "l1_coefficient",
+            # held-out L0 645, 536, 474, 317, 15.5
+            (0.3, 1.0, 3.0, 10.0, 30.0),
+            _gated,
+        ),
+    )
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
