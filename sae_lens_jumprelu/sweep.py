@@ -36,7 +36,7 @@ from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
 from sae_lens_jumprelu.recipes import get_recipe
 from sae_lens_jumprelu.sites import Site, default_site_spec, resolve_sites
 from sae_lens_jumprelu.sweep_report import SweepRow, write_report
-from sae_lens_jumprelu.train import TrainJob, _cached_sites, _load_corpus
+from sae_lens_jumprelu.train import TrainJob, _cached_sites, load_corpus
 from sae_lens_jumprelu.training_loop import train_in_lockstep
 
 # Tokens per shuffle buffer: 32 forward passes of 16 contexts of 128 (as ``train``).
@@ -176,7 +176,7 @@ def run_sweep(
     if cache is None:
         site = _one_site(resolve_sites(model, specs or [default_site_spec(model)]), job.site)
         if corpus is None:
-            corpus = _load_corpus(model, _corpus_job(job))
+            corpus = load_corpus(model, _corpus_job(job))
         held_out, dataset = corpus.held_out, corpus.source
         passes = iter_site_activations(
             model, [site], corpus.train, exclude_token_ids=exclude, progress="model forward passes"
