@@ -50,6 +50,10 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     """Scale inputs by one scalar so that E||x||^2 = 1 (paper, section 5), estimated on the first
     training batch, kept with checkpoints and folded into the saved weights."""
 
+    normalized_mean_squared_norm: float = 1.0
+    """E||x||^2 after that scaling: 1 is the paper's; ``d_in`` gives E||x|| ~ sqrt(d_in), unit
+    variance per dimension (Anthropic's convention)."""
+
     init_b_dec_to_mean: bool = True
     """Start b_dec at the first batch's mean (and shift b_enc to match); a zero b_dec moves only
     ~lr per step while the mean carries most of E||x||^2 in LM residual streams."""
@@ -131,6 +135,11 @@ def _validate(cfg: JumpReLUSTETrainingSAEConfig) -> None:
         fail("target_l0", "must be set for the quadratic sparsity penalty")
     if not cfg.l0_coefficient >= 0 or (cfg.target_mode and cfg.l0_coefficient == 0):
         fail("l0_coefficient", f"must be >= 0 (> 0 in target mode), got {cfg.l0_coefficient}")
+    if not cfg.normalized_mean_squared_norm > 0:
+        fail(
+            "normalized_mean_squared_norm",
+            f"must be > 0, got {cfg.normalized_mean_squared_norm}",
+        )
     if not cfg.threshold_lr_scale > 0:
         fail("threshold_lr_scale", f"must be > 0, got {cfg.threshold_lr_scale}")
     if cfg.max_grad_norm is not None and not cfg.max_grad_norm > 0:

@@ -444,14 +444,15 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             raise ValueError("this SAE's config has normalize_to_unit_mean_square=False")
         if not mean_squared_norm > 0:
             raise ValueError(f"E||x||^2 must be positive, got {mean_squared_norm}")
-        self.input_scale.fill_(mean_squared_norm**-0.5)
+        self.input_scale.fill_((self.cfg.normalized_mean_squared_norm / mean_squared_norm) ** 0.5)
         self._input_scale_given = True
 
     def _initialise_from_batch(self, x: Tensor) -> None:
         flat = x.reshape(-1, self.cfg.d_in).float()
         if self.cfg.normalize_to_unit_mean_square and not self._input_scale_given:
             mean_square = self._global_mean(flat.pow(2).sum(dim=-1).mean())
-            self.input_scale.fill_(mean_square.rsqrt().item())
+            target = self.cfg.normalized_mean_squared_norm
+            self.input_scale.fill_((target / mean_square).sqrt().item())
         if self.cfg.init_b_dec_to_mean:
             mean = self._global_mean((flat * self.input_scale).mean(dim=0)).to(self.dtype)
             self.b_dec.copy_(mean)

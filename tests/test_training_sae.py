@@ -301,6 +301,17 @@ def test_first_step_sets_input_scale_to_unit_mean_square(
     assert sae.input_scale.item() == pytest.approx(1 / math.sqrt(13), rel=1e-6)
 
 
+def test_input_scale_reaches_the_requested_mean_square(
+    make_sae: MakeSAE, make_step_input: MakeStepInput
+) -> None:
+    sae = make_sae(normalized_mean_squared_norm=3.25)
+    x = torch.tensor([[3.0, 4.0], [1.0, 0.0]])  # E||x||^2 = 13: scale sqrt(3.25 / 13) = 0.5
+    sae.training_forward_pass(make_step_input(x))
+    assert sae.input_scale.item() == pytest.approx(0.5, rel=1e-6)
+    sae.set_mean_squared_norm(52.0)  # a dataset-wide estimate instead: sqrt(3.25 / 52) = 0.25
+    assert sae.input_scale.item() == pytest.approx(0.25, rel=1e-6)
+
+
 def test_input_scale_stays_one_when_normalisation_is_off(
     make_sae: MakeSAE, make_step_input: MakeStepInput
 ) -> None:
