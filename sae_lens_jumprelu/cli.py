@@ -4,7 +4,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sae_lens_jumprelu.recipes import RECIPES
 
@@ -54,11 +54,6 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     defaults = TrainJob()
     for sub in (train, collect):
         sub.add_argument(
-            "--model",
-            default=None,
-            help="TransformerLens model name (default: the embedded gemma-3-270m)",
-        )
-        sub.add_argument(
             "--site",
             action="append",
             default=[],
@@ -66,56 +61,10 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
             help="resid:L, attn:L, mlp:L (L: 6, 0-5, 3,7 or *) or a hook name; "
             "repeatable, one SAE per site (default: resid at the middle layer)",
         )
-        sub.add_argument(
-            "--dataset",
-            default=None,
-            help="HF dataset name or local .txt/.jsonl/.parquet file or directory "
-            "(default: embedded text)",
-        )
-        sub.add_argument(
-            "--tokens",
-            type=_positive_int,
-            default=defaults.tokens,
-            help=f"training tokens (default {defaults.tokens})",
-        )
-        sub.add_argument("--context-size", type=_positive_int, default=defaults.context_size)
-        sub.add_argument("--device", default=defaults.device)
-        sub.add_argument(
-            "--dtype",
-            default=defaults.dtype,
-            choices=["float32", "bfloat16", "float16"],
-            help="dtype of the language model",
-        )
-        sub.add_argument("--seed", type=int, default=defaults.seed)
-        sub.add_argument(
-            "--eval-tokens",
-            type=_positive_int,
-            default=defaults.eval_tokens,
-            help="held-out tokens (train: evaluated on; collect: stored) "
-            f"(default {defaults.eval_tokens})",
-        )
-    train.add_argument("--out", type=Path, default=defaults.out)
-    for sub in (train, collect):
-        sub.add_argument(
-            "--keep-special-tokens",
-            dest="exclude_special_tokens",
-            action="store_false",
-            help="keep BOS/EOS/pad activations (dropped by default, as in the paper)",
-        )
+        _add_run_flags(sub, defaults)
     collect.add_argument("--out", type=Path, required=True, help="cache directory")
     collect.add_argument("--contexts-per-shard", type=_positive_int, default=64)
-    train.add_argument(
-        "--activations",
-        type=Path,
-        default=None,
-        help="train from a cache written by `collect` instead of the model",
-    )
-    train.add_argument(
-        "--d-sae",
-        type=_positive_int,
-        default=defaults.d_sae,
-        help=f"latents per SAE (default {defaults.d_sae})",
-    )
+    _add_sae_flags(train, defaults)
     sparsity = train.add_mutually_exclusive_group()
     sparsity.add_argument(
         "--target-l0",
@@ -131,16 +80,6 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         action="append",
         default=[],
         help="fixed lambda of the L0 penalty, the paper's mode; repeatable like --target-l0",
-    )
-    train.add_argument("--recipe", choices=sorted(RECIPES), default=defaults.recipe)
-    train.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=defaults.batch_size,
-        help=f"activations per step (default {defaults.batch_size})",
-    )
-    train.add_argument(
-        "--lr", type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr:g})"
     )
     from sae_lens_jumprelu.train import DISTRIBUTED_MODES
 
@@ -190,39 +129,12 @@ def _add_sweep_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         ),
     )
     sweep.add_argument(
-        "--model",
-        default=None,
-        help="TransformerLens model name (default: the embedded gemma-3-270m)",
-    )
-    sweep.add_argument(
         "--site",
         default=None,
         help="one site: resid:L, attn:L, mlp:L or a hook name (default: resid at the middle layer)",
     )
-    sweep.add_argument(
-        "--dataset",
-        default=None,
-        help="HF dataset name or local "
-        ".txt/.jsonl/.parquet file or directory (default: embedded text)",
-    )
-    sweep.add_argument(
-        "--activations",
-        type=Path,
-        default=None,
-        help="train from a cache written by `collect` instead of the model",
-    )
-    sweep.add_argument(
-        "--tokens",
-        type=_positive_int,
-        default=defaults.tokens,
-        help=f"training tokens per SAE (default {defaults.tokens})",
-    )
-    sweep.add_argument(
-        "--d-sae",
-        type=_positive_int,
-        default=defaults.d_sae,
-        help=f"latents per SAE (default {defaults.d_sae})",
-    )
+    _add_run_flags(sweep, defaults)
+    _add_sae_flags(sweep, defaults)
     sweep.add_argument(
         "--architectures",
         type=_architecture_list,
@@ -238,39 +150,81 @@ def _add_sweep_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         metavar="ARCH=V1,V2,...",
         help="sparsity settings of one architecture (its knob, see below); repeatable",
     )
-    sweep.add_argument("--out", type=Path, default=defaults.out)
-    sweep.add_argument("--device", default=defaults.device)
-    sweep.add_argument(
+
+
+def _add_run_flags(sub: argparse.ArgumentParser, defaults: Any) -> None:
+    """Model, text, budget and device flags of ``train``, ``collect`` and ``sweep`` (defaults from
+    their job dataclass)."""
+    sub.add_argument(
+        "--model",
+        default=None,
+        help="TransformerLens model name (default: the embedded gemma-3-270m)",
+    )
+    sub.add_argument(
+        "--dataset",
+        default=None,
+        help="HF dataset name or local .txt/.jsonl/.parquet file or directory "
+        "(default: embedded text)",
+    )
+    sub.add_argument(
+        "--tokens",
+        type=_positive_int,
+        default=defaults.tokens,
+        help=f"training tokens (default {defaults.tokens})",
+    )
+    sub.add_argument("--context-size", type=_positive_int, default=defaults.context_size)
+    sub.add_argument("--device", default=defaults.device)
+    sub.add_argument(
         "--dtype",
         default=defaults.dtype,
         choices=["float32", "bfloat16", "float16"],
-        help="dtype of the model",
+        help="dtype of the language model",
     )
-    sweep.add_argument("--seed", type=int, default=defaults.seed)
-    sweep.add_argument("--context-size", type=_positive_int, default=defaults.context_size)
-    sweep.add_argument(
+    sub.add_argument("--seed", type=int, default=defaults.seed)
+    sub.add_argument(
         "--eval-tokens",
         type=_positive_int,
         default=defaults.eval_tokens,
-        help=f"held-out tokens evaluated on (default {defaults.eval_tokens})",
+        help="held-out tokens (train, sweep: evaluated on; collect: stored) "
+        f"(default {defaults.eval_tokens})",
     )
-    sweep.add_argument(
+    sub.add_argument(
+        "--keep-special-tokens",
+        dest="exclude_special_tokens",
+        action="store_false",
+        help="keep BOS/EOS/pad activations (dropped by default, as in the paper)",
+    )
+
+
+def _add_sae_flags(sub: argparse.ArgumentParser, defaults: Any) -> None:
+    """What ``train`` and ``sweep`` train on and with."""
+    sub.add_argument("--out", type=Path, default=defaults.out)
+    sub.add_argument(
+        "--activations",
+        type=Path,
+        default=None,
+        help="train from a cache written by `collect` instead of the model",
+    )
+    sub.add_argument(
+        "--d-sae",
+        type=_positive_int,
+        default=defaults.d_sae,
+        help=f"latents per SAE (default {defaults.d_sae})",
+    )
+    sub.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=defaults.recipe,
+        help="recipe of our JumpReLU SAEs",
+    )
+    sub.add_argument(
         "--batch-size",
         type=_positive_int,
         default=defaults.batch_size,
         help=f"activations per step (default {defaults.batch_size})",
     )
-    sweep.add_argument(
-        "--lr",
-        type=float,
-        default=defaults.lr,
-        help=f"learning rate of every SAE (default {defaults.lr:g})",
-    )
-    sweep.add_argument(
-        "--recipe",
-        choices=sorted(RECIPES),
-        default=defaults.recipe,
-        help="recipe of our JumpReLU SAEs",
+    sub.add_argument(
+        "--lr", type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr:g})"
     )
 
 
