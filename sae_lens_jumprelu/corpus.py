@@ -45,6 +45,18 @@ class TokenCorpus:
         return self.train.shape[1]
 
 
+def check_text_model(model: Any, context_size: int, source: str = "--context-size") -> None:
+    """The model can read text in contexts of ``context_size`` tokens (``source``: where that
+    size came from, for the message)."""
+    if model.tokenizer is None:
+        raise CorpusError(f"{model.cfg.model_name} has no tokenizer: cannot read text for it")
+    if context_size > model.cfg.n_ctx:
+        raise CorpusError(
+            f"context size {context_size} ({source}) is longer than {model.cfg.model_name}'s "
+            f"context of {model.cfg.n_ctx} tokens"
+        )
+
+
 def load_token_corpus(
     tokenizer: Any,
     dataset: str | None = None,

@@ -20,7 +20,12 @@ from transformer_lens import HookedTransformer
 
 from sae_lens_jumprelu.activations import special_token_ids
 from sae_lens_jumprelu.atomic import write_text_atomic
-from sae_lens_jumprelu.corpus import EMBEDDED_CORPUS, CorpusError, load_eval_contexts
+from sae_lens_jumprelu.corpus import (
+    EMBEDDED_CORPUS,
+    CorpusError,
+    check_text_model,
+    load_eval_contexts,
+)
 from sae_lens_jumprelu.evals import SAEEvaluation, check_compatible, evaluate_saes, markdown_table
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, is_embedded, load_model
 from sae_lens_jumprelu.plots import plot_feature_frequencies, plot_l0_histograms
@@ -249,14 +254,7 @@ def _attach_hook(model: HookedTransformer, loaded: LoadedSAE, spec: str) -> str:
 def _contexts(
     model: HookedTransformer, settings: EvalSettings, tokens: int
 ) -> Int[Tensor, "n_contexts context"]:
-    if model.tokenizer is None:
-        raise ValueError(f"{model.cfg.model_name} has no tokenizer: cannot read text for it")
-    if settings.context_size > model.cfg.n_ctx:
-        raise ValueError(
-            f"context size {settings.context_size} ({settings.origin['context_size']}) is longer "
-            f"than {model.cfg.model_name}'s context of {model.cfg.n_ctx} tokens: pass "
-            "--context-size"
-        )
+    check_text_model(model, settings.context_size, settings.origin["context_size"])
     dataset = None if settings.dataset == EMBEDDED_CORPUS else settings.dataset
     try:
         contexts = load_eval_contexts(

@@ -24,7 +24,7 @@ from sae_lens_jumprelu.activations import (
     special_token_ids,
 )
 from sae_lens_jumprelu.atomic import write_dir_atomic
-from sae_lens_jumprelu.corpus import TokenCorpus, load_token_corpus
+from sae_lens_jumprelu.corpus import TokenCorpus, check_text_model, load_token_corpus
 from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes, write_evaluations
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
 from sae_lens_jumprelu.plots import plot_training_curve
@@ -287,13 +287,7 @@ def run_collect(job: TrainJob, contexts_per_shard: int = 64) -> ActivationCache:
 
 
 def load_corpus(model: Any, job: TrainJob) -> TokenCorpus:
-    if model.tokenizer is None:
-        raise ValueError(f"{model.cfg.model_name} has no tokenizer: cannot read text for it")
-    if job.context_size > model.cfg.n_ctx:
-        raise ValueError(
-            f"--context-size {job.context_size} is longer than {model.cfg.model_name}'s context "
-            f"of {model.cfg.n_ctx} tokens"
-        )
+    check_text_model(model, job.context_size)
     corpus = load_token_corpus(
         model.tokenizer,
         job.dataset,

@@ -161,3 +161,16 @@ def test_eval_contexts_without_bos_first(tmp_path, tokenizer):
         ["doc1", "w1", "w2", "w3", "w4", "w5"],
         ["doc2", "w6", "w7", "w8", "w9", "w10"],
     ]
+
+
+def test_check_text_model_names_the_problem() -> None:
+    from sae_lens_jumprelu.corpus import check_text_model
+    from sae_lens_jumprelu.models import tiny_gemma2
+
+    model = tiny_gemma2()  # no tokenizer, n_ctx 256
+    with pytest.raises(CorpusError, match="tiny-gemma-2 has no tokenizer"):
+        check_text_model(model, 128)
+    model.tokenizer = object()
+    with pytest.raises(CorpusError, match=r"context size 300 \(cfg.json\) is longer than .* 256"):
+        check_text_model(model, 300, "cfg.json")
+    check_text_model(model, 256)

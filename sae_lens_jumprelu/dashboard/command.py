@@ -66,7 +66,7 @@ def run_dashboard(args: argparse.Namespace) -> Dashboard:
         load_sae,
     )
     from sae_lens_jumprelu.atomic import check_destination
-    from sae_lens_jumprelu.corpus import load_token_corpus
+    from sae_lens_jumprelu.corpus import check_text_model, load_token_corpus
 
     for name in ("tokens", "context_size", "examples", "batch_size"):
         if getattr(args, name) <= 0:
@@ -77,13 +77,7 @@ def run_dashboard(args: argparse.Namespace) -> Dashboard:
     model_name = args.model or sae.cfg.metadata.model_name
     model = hooked_sae_transformer(model_name, device=args.device)
     check_saes(model, [sae])
-    if model.tokenizer is None:
-        raise ValueError(f"{model.cfg.model_name} has no tokenizer: cannot read text for it")
-    if args.context_size > model.cfg.n_ctx:
-        raise ValueError(
-            f"--context-size {args.context_size} is longer than {model.cfg.model_name}'s "
-            f"context of {model.cfg.n_ctx}"
-        )
+    check_text_model(model, args.context_size)
     corpus = load_token_corpus(
         model.tokenizer,
         args.dataset,
