@@ -30,6 +30,12 @@ def check_destination(dst: Path, overwrite: bool) -> None:
         raise FileNotFoundError(f"the parent directory of {dst} does not exist; create it first")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _temp_beside(dst: Path, is_dir: bool) -> Iterator[Path]:
     prefix = f".{dst.name}.tmp-"
@@ -39,6 +45,8 @@ def _temp_beside(dst: Path, is_dir: bool) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=dst.parent, suffix=dst.suffix)
         os.close(fd)
         tmp = Path(name)
+    # tempfile creates owner-only entries; DST gets the mode a plain open()/mkdir() would give.
+    tmp.chmod((0o777 if is_dir else 0o666) & ~_umask())
     try:
         yield tmp
     finally:
