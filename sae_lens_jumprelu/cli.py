@@ -1,6 +1,7 @@
 """The ``sae-jumprelu`` command line."""
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -226,6 +227,16 @@ def _add_sae_flags(sub: argparse.ArgumentParser, defaults: Any) -> None:
     sub.add_argument(
         "--lr", type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr:g})"
     )
+    sub.add_argument(
+        "--sae-config",
+        metavar="FIELD=VALUE",
+        type=_config_item,
+        action="append",
+        default=[],
+        help="a JumpReLUSTETrainingSAEConfig field of our SAEs over the recipe's, e.g. "
+        "jumprelu_kernel=triangle or max_grad_norm=null (VALUE is read as JSON, else as a "
+        "string); repeatable",
+    )
 
 
 def _architecture_list(text: str) -> tuple[str, ...]:
@@ -250,6 +261,16 @@ def _grid(text: str) -> tuple[str, tuple[float, ...]]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: the values must be numbers") from None
     return name, grid
+
+
+def _config_item(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
 
 
 def _positive_int(text: str) -> int:
@@ -432,7 +453,8 @@ def _job(args: argparse.Namespace) -> "TrainJob":
     from sae_lens_jumprelu.train import TrainJob
 
     fields = set(TrainJob.__dataclass_fields__)
-    return TrainJob(**{k: v for k, v in vars(args).items() if k in fields})
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    return TrainJob(**{**values, "sae_config": dict(getattr(args, "sae_config", []))})
 
 
 def run_train_command(args: argparse.Namespace) -> int:
@@ -460,7 +482,7 @@ def _sweep_job(args: argparse.Namespace) -> "SweepJob":
 
     fields = set(SweepJob.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
-    return SweepJob(**{**values, "grids": dict(args.grids)})
+    return SweepJob(**{**values, "grids": dict(args.grids), "sae_config": dict(args.sae_config)})
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:

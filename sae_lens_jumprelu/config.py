@@ -52,7 +52,8 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
 
     normalized_mean_squared_norm: float = 1.0
     """E||x||^2 after that scaling: 1 is the paper's; ``d_in`` gives E||x|| ~ sqrt(d_in), unit
-    variance per dimension (Anthropic's convention)."""
+    variance per dimension (Anthropic's convention). The MSE scales with it, so target mode
+    starts lambda at ``l0_coefficient`` times it."""
 
     init_b_dec_to_mean: bool = True
     """Start b_dec at the first batch's mean (and shift b_enc to match); a zero b_dec moves only

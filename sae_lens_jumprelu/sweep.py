@@ -33,7 +33,7 @@ from sae_lens_jumprelu.atomic import write_dir_atomic
 from sae_lens_jumprelu.corpus import TokenCorpus
 from sae_lens_jumprelu.evals import evaluate_saes
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
-from sae_lens_jumprelu.recipes import get_recipe
+from sae_lens_jumprelu.run_options import LanguageModelRun
 from sae_lens_jumprelu.sites import Site, default_site_spec, resolve_sites
 from sae_lens_jumprelu.sweep_report import SweepRow, write_report
 from sae_lens_jumprelu.train import TrainJob, _cached_sites, load_corpus
@@ -46,15 +46,11 @@ _STAT_BATCHES = 8
 
 
 @dataclass(frozen=True)
-class SweepJob:
+class SweepJob(LanguageModelRun):
     """Everything ``sae-jumprelu sweep`` can be told; the defaults are the embedded run."""
 
-    model: str | None = None
-    """TransformerLens model name; None: the embedded Gemma 3 270M."""
     site: str | None = None
     """One site spec (``resid:9``, ``mlp:3``, a hook name); None: the middle residual stream."""
-    dataset: str | None = None
-    """HF dataset name or local text/JSONL/parquet file or directory; None: the embedded corpus."""
     # 100k tokens: the whole default run (27 SAEs) costs ~25 CPU-minutes (README, "Compare
     # architectures"); 200k at d_sae 2048 would be about 2.5 times that.
     tokens: int = 100_000
@@ -69,19 +65,10 @@ class SweepJob:
     of its knob: target L0, k, or the L0/L1 coefficient)."""
     out: Path = Path("sae-jumprelu-sweep")
     """Output directory: results.csv/.md, PNGs, run.json, saes/<architecture>/<setting>/."""
-    device: str = "cpu"
-    dtype: str = "float32"
-    """Dtype of the language model (the SAEs train in float32)."""
-    seed: int = 0
-    """Seed of every SAE's initialisation (re-seeded per SAE) and of the cache's shuffling."""
-    context_size: int = 128
-    """Tokens per context (BOS first)."""
     # Each SAE costs one full spliced forward pass (262k-token unembedding) per held-out batch.
     eval_tokens: int = 2048
     """Held-out tokens for L0, FVU and delta LM loss (documents never trained on; with
     ``activations``, the first of the cache's held-out contexts)."""
-    recipe: str = "short_budget"
-    """Recipe of our JumpReLU SAEs (the built-ins keep SAELens's defaults)."""
     batch_size: int = 1024
     """Activations per training step, for every SAE (``train``'s measured default)."""
     lr: float = 3e-4
@@ -92,12 +79,9 @@ class SweepJob:
     init_b_dec_to_mean: bool = True
     """Start the built-ins' b_dec at the mean of the first batches, as ours does (SAELens 6.54
     starts it at zero, which leaves most latents dead in short runs, DESIGN.md section 5)."""
-    activations: Path | None = None
-    """Train from this activation cache (``collect``'s output) instead of running the model."""
-    exclude_special_tokens: bool = True
-    """Drop BOS/EOS/pad activations from training and metrics, as the paper does."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.architectures:
             raise ValueError("--architectures is empty: name at least one of " + _valid())
         for name in (*self.architectures, *self.grids):
@@ -202,7 +186,7 @@ def run_sweep(
             scaling[name] = factor
 
     started = time.perf_counter()
-    settings = get_recipe(job.recipe).trainer_settings(job.tokens, job.device)
+    settings = job.our_recipe().trainer_settings(job.tokens, job.device)
     settings = replace(
         settings,
         batch_size=job.batch_size,
@@ -302,7 +286,7 @@ def _new_sae(
         "device": job.device,
         "reshape_activations": "hook_z" if site.is_attention_z else "none",
     }
-    sae = arch.build(site.d_in, job.d_sae, value, get_recipe(job.recipe), common)
+    sae = arch.build(site.d_in, job.d_sae, value, job.our_recipe(), common)
     metadata = sae.cfg.metadata
     metadata.hook_name = site.hook_name
     metadata.model_name = job.model or EMBEDDED_MODEL

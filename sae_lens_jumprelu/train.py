@@ -28,7 +28,8 @@ from sae_lens_jumprelu.corpus import TokenCorpus, check_text_model, load_token_c
 from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes, write_evaluations
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
 from sae_lens_jumprelu.plots import plot_training_curve
-from sae_lens_jumprelu.recipes import Recipe, get_recipe
+from sae_lens_jumprelu.recipes import Recipe
+from sae_lens_jumprelu.run_options import LanguageModelRun
 from sae_lens_jumprelu.sites import Site, default_site_spec, resolve_sites
 from sae_lens_jumprelu.training_loop import CurveRecorder, train_in_lockstep
 from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
@@ -42,17 +43,13 @@ _NORM_BATCHES = 8
 DISTRIBUTED_MODES = ("none", "data", "sae")
 
 
-@dataclass
-class TrainJob:
+@dataclass(frozen=True)
+class TrainJob(LanguageModelRun):
     """Everything ``sae-jumprelu train`` can be told; the defaults are the embedded run."""
 
-    model: str | None = None
-    """TransformerLens model name; None: the embedded Gemma 3 270M."""
     sites: list[str] = field(default_factory=list)
     """Site specs (``resid:6``, ``attn:0-3``, ``mlp:*``, hook names); empty: the middle
     residual stream. One SAE per site, all fed by one forward pass."""
-    dataset: str | None = None
-    """HF dataset name or local text/JSONL/parquet file or directory; None: the embedded corpus."""
     tokens: int = 200_000
     """Training tokens per SAE."""
     d_sae: int = 2048
@@ -63,10 +60,6 @@ class TrainJob:
     l0_coefficient: list[float] = field(default_factory=list)
     """Fixed lambdas of the L0 penalty (the paper's mode) instead of targets: a sweep whose SAEs
     share one forward pass."""
-    exclude_special_tokens: bool = True
-    """Drop BOS/EOS/pad activations from training and metrics, as the paper does."""
-    recipe: str = "short_budget"
-    """Named recipe (``paper``, ``short_budget``)."""
     # Short LM runs need more, smaller steps than the recipes' 4096 (measured on the embedded
     # model's layer 9, 230k tokens, d_sae 2048, target L0 32; held-out L0 / FVU / dead):
     # batch 4096 lr 1e-3: 13.8 / 0.45 / 41%; batch 2048 lr 1e-3: 15.8 / 0.30 / 72%;
@@ -77,16 +70,8 @@ class TrainJob:
     """Learning rate; None: the recipe's."""
     out: Path = Path("sae-jumprelu-run")
     """Output directory: one SAELens SAE per site, metrics, curves."""
-    device: str = "cpu"
-    dtype: str = "float32"
-    """Dtype of the language model (the SAE trains in float32)."""
-    seed: int = 0
-    context_size: int = 128
-    """Tokens per context (BOS first)."""
     eval_tokens: int = 4096
     """Held-out tokens for L0, FVU and delta LM loss (documents never trained on)."""
-    activations: Path | None = None
-    """Train from this activation cache instead of running the model (``collect``'s output)."""
     distributed: str = "none"
     """Under torchrun: ``data`` (every rank runs the model on its share of the contexts and
     trains a replica of every SAE on global batch / ranks, gradients all-reduced) or ``sae``
@@ -101,6 +86,7 @@ class TrainJob:
     the newest), with any number of ranks."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.distributed not in DISTRIBUTED_MODES:
             raise ValueError(
                 f"distributed={self.distributed!r}: choose one of {list(DISTRIBUTED_MODES)}"
@@ -121,8 +107,8 @@ class TrainJob:
             )
 
     def recipe_settings(self) -> Recipe:
-        """The recipe with this job's batch size and learning rate."""
-        recipe = get_recipe(self.recipe)
+        """Our recipe (``sae_config`` included) with this job's batch size and learning rate."""
+        recipe = self.our_recipe()
         return replace(
             recipe,
             batch_size=self.batch_size or recipe.batch_size,
@@ -328,7 +314,7 @@ def new_sae(
     mean_squared_norm: float,
     exclude: list[int],
 ) -> JumpReLUSTETrainingSAE:
-    cfg = get_recipe(job.recipe).sae_config(
+    cfg = job.our_recipe().sae_config(
         site.d_in,
         job.d_sae,
         device=job.device,

@@ -136,11 +136,14 @@ def test_other_options_equal_dense_step(overrides: dict[str, Any]) -> None:
     assert_same_step(dense, sparse)
 
 
-def test_row_blocks_of_the_encoder_matmul_give_the_same_step(
+def test_blocks_of_the_encoder_matmul_give_the_same_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Blocks of 7 tokens: 96 rows end with a partial block.
-    monkeypatch.setattr(sparse_step_module, "CPU_BLOCK_ELEMENTS", 7 * D_SAE)
+    # Chunks of 40 tokens x slices of 7 latents: partial chunks and slices at both ends, so
+    # entries come out of order and must be sorted back; transposes in partial slices too.
+    monkeypatch.setattr(sparse_step_module, "CPU_ROW_CHUNK", 40)
+    monkeypatch.setattr(sparse_step_module, "CPU_BLOCK_ELEMENTS", 7 * 40)
+    monkeypatch.setattr(sparse_step_module, "CPU_TRANSPOSE_SLICE", 5)
     dense, sparse = make_pair()
     assert_same_step(dense, sparse)
 

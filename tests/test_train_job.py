@@ -99,3 +99,54 @@ def test_distributed_training_outside_torchrun_says_how_to_launch(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match="torchrun --nproc-per-node N -m sae_lens_jumprelu"):
         init_from_env(60.0)
+
+
+def test_sae_config_reaches_our_saes_in_train_and_sweep():
+    from sae_lens_jumprelu.cli import _job, _sweep_job
+    from sae_lens_jumprelu.train import new_sae
+
+    argv = [
+        "--sae-config",
+        "normalized_mean_squared_norm=3.4",
+        "--sae-config",
+        "jumprelu_kernel=triangle",
+        "--sae-config",
+        "max_grad_norm=null",
+    ]
+    expected = {
+        "normalized_mean_squared_norm": 3.4,
+        "jumprelu_kernel": "triangle",
+        "max_grad_norm": None,
+    }
+    job = _job(parse_args(["train", *argv]))
+    assert job.sae_config == expected
+    assert _sweep_job(parse_args(["sweep", *argv])).our_recipe().sae == {
+        **_sweep_job(parse_args(["sweep"])).our_recipe().sae,
+        **expected,
+    }
+    sae = new_sae(job, SITES[0], {"target_l0": 8.0}, "text", 2.0, [])
+    assert sae.cfg.normalized_mean_squared_norm == 3.4
+    assert sae.cfg.jumprelu_kernel == "triangle" and sae.cfg.max_grad_norm is None
+    assert sae.cfg.target_l0 == 8.0 and sae.cfg.d_sae == job.d_sae
+    # Fields the recipe sets and sae_config leaves alone keep the recipe's values.
+    assert sae.cfg.threshold_lr_scale == job.our_recipe().sae["threshold_lr_scale"]
+
+
+def test_bad_sae_config_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="not a JumpReLUSTETrainingSAEConfig field"):
+        TrainJob(sae_config={"bandwith": 0.1})
+    with pytest.raises(ValueError, match="set by the job itself.*--d-sae"):
+        TrainJob(sae_config={"d_sae": 64})
+    with pytest.raises(ValueError, match="jumprelu_bandwidth must be > 0"):
+        TrainJob(sae_config={"jumprelu_bandwidth": -1})
+    with pytest.raises(ValueError, match="sae_config"):
+        TrainJob(sae_config={"jumprelu_bandwidth": "wide"})
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--sae-config", "jumprelu_bandwidth"])
+
+
+def test_collect_flags_make_a_job_without_sae_options(tmp_path):
+    from sae_lens_jumprelu.cli import _job
+
+    job = _job(parse_args(["collect", "--out", str(tmp_path), "--site", "mlp:2", "--seed", "4"]))
+    assert (job.sites, job.seed, job.sae_config) == (["mlp:2"], 4, {})

@@ -169,6 +169,22 @@ def test_trained_sae_loads_in_fresh_process_without_plugin(tmp_path: Path) -> No
         torch.testing.assert_close(sae(x), fresh["out"], rtol=1e-5, atol=1e-5)
 
 
+def test_target_mode_starts_lambda_in_the_units_of_the_normalisation(make_sae: MakeSAE) -> None:
+    # MSE grows with the E||x||^2 inputs are normalised to; target mode's starting lambda with it.
+    fields = {"d_in": 8, "d_sae": 16, "l0_coefficient": 2e-3}
+    target = make_sae(**fields, target_l0=4, normalized_mean_squared_norm=5.0)
+    assert math.exp(target.log_l0_coefficient.item()) == pytest.approx(1e-2)
+    default_scale = make_sae(**fields, target_l0=4)
+    assert math.exp(default_scale.log_l0_coefficient.item()) == pytest.approx(2e-3)
+    # A fixed lambda is the user's, and without normalisation the scale does not apply.
+    fixed = make_sae(**fields, normalized_mean_squared_norm=5.0)
+    assert math.exp(fixed.log_l0_coefficient.item()) == pytest.approx(2e-3)
+    raw = make_sae(
+        **fields, target_l0=4, normalized_mean_squared_norm=5.0, normalize_to_unit_mean_square=False
+    )
+    assert math.exp(raw.log_l0_coefficient.item()) == pytest.approx(2e-3)
+
+
 # ---- checkpoints and legacy weights -------------------------------------------------------------
 
 
