@@ -31,6 +31,14 @@ def check_destination(dst: Path, overwrite: bool) -> None:
 
 
 def _umask() -> int:
+    # Linux reports it; setting and restoring it instead would briefly give umask 0 to every
+    # other thread of the process.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

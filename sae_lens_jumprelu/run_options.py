@@ -47,7 +47,6 @@ class LanguageModelRun:
     """Seed of every SAE's initialisation and of the activations' shuffling."""
 
     def __post_init__(self) -> None:
-        get_recipe(self.recipe)  # an unknown name fails here, before the model loads
         known = {f.name for f in fields(JumpReLUSTETrainingSAEConfig)}
         for name in self.sae_config:
             if name in _SET_BY_THE_JOB:
@@ -60,7 +59,7 @@ class LanguageModelRun:
                     f"sae_config {name!r} is not a JumpReLUSTETrainingSAEConfig field; "
                     f"known fields: {', '.join(sorted(known - _SET_BY_THE_JOB))}"
                 )
-        try:  # bad values fail with the config's own message
+        try:  # an unknown recipe or a bad value fails here, before the model loads
             self.our_recipe().sae_config(8, 8)
         except TypeError as error:
             raise ValueError(f"sae_config {self.sae_config}: {error}") from error
