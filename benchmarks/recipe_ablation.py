@@ -34,6 +34,7 @@ def variants() -> dict[str, Recipe]:
         "paper optimiser (lr 7e-5, warm-up 1k, beta1 0)": replace(
             sb, lr=PAPER.lr, lr_warm_up_steps=PAPER.lr_warm_up_steps, adam_beta1=PAPER.adam_beta1
         ),
+        "E||x||^2 = 1 (paper)": with_sae(normalized_mean_squared_norm=1.0),
         "log(theta) like the paper": with_sae(
             threshold_parametrization="log", threshold_lr_scale=1.0
         ),

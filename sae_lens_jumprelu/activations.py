@@ -13,9 +13,9 @@ from jaxtyping import Float, Int
 from sae_lens.training.mixing_buffer import multi_hook_concat_split_iter
 from sae_lens.util import get_special_token_ids
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from sae_lens_jumprelu.progress import progress_bar
 from sae_lens_jumprelu.sites import Site, stop_at_layer
 
 SiteBatch = dict[str, Tensor]
@@ -69,7 +69,7 @@ def iter_site_activations(
     """``site_activations`` over ``contexts`` in order, ``contexts_per_pass`` at a time."""
     exclude = list(exclude_token_ids)
     starts = range(0, contexts.shape[0], contexts_per_pass)
-    for start in tqdm(starts, desc=progress, unit="pass", disable=progress is None):
+    for start in progress_bar(progress, iterable=starts, unit="pass"):
         batch, _ = site_activations(
             model, sites, contexts[start : start + contexts_per_pass], exclude
         )

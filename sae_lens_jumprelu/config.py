@@ -50,10 +50,11 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     """Scale inputs by one scalar so that E||x||^2 = 1 (paper, section 5), estimated on the first
     training batch, kept with checkpoints and folded into the saved weights."""
 
-    normalized_mean_squared_norm: float = 1.0
-    """E||x||^2 after that scaling: 1 is the paper's; ``d_in`` gives E||x|| ~ sqrt(d_in), unit
-    variance per dimension (Anthropic's convention). The MSE scales with it, so target mode
-    starts lambda at ``l0_coefficient`` times it."""
+    normalized_mean_squared_norm: float = 3.4
+    """E||x||^2 after that scaling: 1 is the paper's (recipe ``paper``); ``d_in`` gives E||x|| ~
+    sqrt(d_in), unit variance per dimension (Anthropic's convention). The default 3.4 is
+    ``short_budget``'s (why: ``recipes.py``). The MSE scales with it, so target mode starts lambda
+    at ``l0_coefficient`` times it."""
 
     init_b_dec_to_mean: bool = True
     """Start b_dec at the first batch's mean (and shift b_enc to match); a zero b_dec moves only

@@ -15,12 +15,12 @@ from typing import Any, Literal
 
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.sae_trainer import SAETrainer
-from tqdm.auto import tqdm
 
 from sae_lens_jumprelu import checkpoint
 from sae_lens_jumprelu.activations import SiteBatch
 from sae_lens_jumprelu.data_parallel import replicate, snapshot, sync_trainer_stats
 from sae_lens_jumprelu.distributed import Dist
+from sae_lens_jumprelu.progress import progress_bar
 from sae_lens_jumprelu.sharding import ContextPosition
 from sae_lens_jumprelu.trainer_settings import TrainerSettings
 from sae_lens_jumprelu.training_loop import StepCallback, make_trainers
@@ -63,13 +63,7 @@ def train_sharded(
             checkpoint.load_trainer_state(resume, name, trainer)
     step = checkpoint.read_progress(resume).step if resume is not None else 0
     total = settings.to_trainer_config().total_training_steps
-    bar = tqdm(
-        total=total,
-        initial=step,
-        desc=progress,
-        unit="step",
-        disable=progress is None or not dist.is_main,
-    )
+    bar = progress_bar(progress, dist.is_main, total=total, initial=step, unit="step")
     while step < total:
         batch = next(batches, None)
         if not dist.all_true(batch is not None):

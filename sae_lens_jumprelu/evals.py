@@ -17,11 +17,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_lens_jumprelu.atomic import write_text_atomic
 from sae_lens_jumprelu.metrics import FVUAccumulator, histogram_quantile
+from sae_lens_jumprelu.progress import progress_bar
 
 
 @dataclass
@@ -91,7 +91,7 @@ def evaluate_saes(
     accumulators = {name: _Accumulator(sae.cfg.d_sae) for name, sae in saes.items()}
     exclude = torch.tensor(exclude_token_ids, dtype=torch.long)
     starts = range(0, contexts.shape[0], contexts_per_pass)
-    for start in tqdm(starts, desc=progress, unit="pass", disable=progress is None):
+    for start in progress_bar(progress, iterable=starts, unit="pass"):
         tokens = contexts[start : start + contexts_per_pass].to(model.cfg.device)
         keep = ~torch.isin(tokens.cpu(), exclude).to(tokens.device)
         # Position t predicts token t + 1; it counts when that token is not special.

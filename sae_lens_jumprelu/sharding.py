@@ -21,11 +21,11 @@ import torch
 import torch.distributed as tdist
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_lens_jumprelu.activations import SiteBatch, site_activations
 from sae_lens_jumprelu.distributed import Dist
+from sae_lens_jumprelu.progress import progress_bar
 from sae_lens_jumprelu.sites import Site
 
 
@@ -140,4 +140,4 @@ def _rounds(
     n_contexts: int, start: int, round_size: int, dist: Dist, progress: str | None
 ) -> Iterable[int]:
     starts = range(start, n_contexts, round_size)
-    return tqdm(starts, desc=progress, unit="pass", disable=progress is None or not dist.is_main)
+    return progress_bar(progress, dist.is_main, iterable=starts, unit="pass")

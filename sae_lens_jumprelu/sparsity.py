@@ -111,17 +111,25 @@ PENALTIES: dict[str, SparsityPenalty] = {
 }
 
 
+CLAMPED_RATE_FRACTION = 0.1
+"""Integral rate of ``TargetL0Controller`` while its error is clamped, relative to ``rate``."""
+
+
 class TargetL0Controller:
     """Proportional-integral control of log(lambda) so the batch L0 settles at ``target_l0``.
 
     With ``e = clamp(log((L0 + 0.5) / (target + 0.5)), -1, 1)`` measured on the current batch,
-    ``log(lambda) = I + gain * e`` and then ``I += rate * e``. Working on log(lambda) makes the
-    control relative (one controller serves lambdas from 1e-6 to 10); the clamp bounds the change
-    while L0 is far from the target (at initialisation half the latents fire). The integral alone
-    overshoots: thresholds keep climbing towards the equilibrium of the lambda reached when L0
-    first meets the target (measured: target 5 undershot to 3.5 within 300 steps); the
-    proportional term lowers lambda as soon as L0 crosses the target. ``I`` is a float32 buffer
-    of the SAE, so it is saved with checkpoints and resumes exactly.
+    ``log(lambda) = I + gain * e`` and then ``I += rate * e``, at a tenth of ``rate`` while the
+    clamp is active. Working on log(lambda) makes the control relative (one controller serves
+    lambdas from 1e-6 to 10); the clamp bounds the change while L0 is far from the target (at
+    initialisation half the latents fire). The integral alone overshoots: thresholds keep
+    climbing towards the equilibrium of the lambda reached when L0 first meets the target
+    (measured: target 5 undershot to 3.5 within 300 steps); the proportional term lowers lambda
+    as soon as L0 crosses the target. The slower integral while clamped is anti-windup: in the
+    first hundred-odd steps L0 is far above any target, and integrating there wound lambda up to
+    ~30x its final value; L0 then undershot and stayed low (synthetic data, target 4, 1000
+    steps, E||x||^2 = 3.4: L0 3.52 at full rate, 3.82 at a tenth, 3.78 with none). ``I`` is a
+    float32 buffer of the SAE, so it is saved with checkpoints and resumes exactly.
     """
 
     def __init__(self, target_l0: float, rate: float, gain: float) -> None:
@@ -133,9 +141,11 @@ class TargetL0Controller:
     def step(self, integral: Tensor, batch_l0: Tensor) -> Tensor:
         """lambda for this batch; advances ``integral`` in place."""
         # +0.5 on both sides keeps L0 = 0 finite and the settling point exactly at the target.
-        error = torch.log((batch_l0.float() + 0.5) / (self.target_l0 + 0.5)).clamp(-1.0, 1.0)
+        log_ratio = torch.log((batch_l0.float() + 0.5) / (self.target_l0 + 0.5))
+        error = log_ratio.clamp(-1.0, 1.0)
         coefficient = (integral + self.gain * error).exp()
-        integral.add_(self.rate * error)
+        clamped = log_ratio.abs() > 1.0
+        integral.add_(torch.where(clamped, CLAMPED_RATE_FRACTION * self.rate, self.rate) * error)
         # lambda below 1e-12 or above 1e6 means the target is unreachable; stop integrating.
         integral.clamp_(math.log(1e-12), math.log(1e6))
         return coefficient

@@ -11,9 +11,9 @@ from typing import Any
 
 from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
-from tqdm.auto import tqdm
 
 from sae_lens_jumprelu.activations import SiteBatch
+from sae_lens_jumprelu.progress import progress_bar
 from sae_lens_jumprelu.trainer_settings import TrainerSettings
 
 StepCallback = Callable[[str, int, TrainStepOutput], None]
@@ -41,7 +41,7 @@ def train_in_lockstep(
     trainers = make_trainers(saes, settings, activation_scaling)
     trainer_cfg = settings.to_trainer_config()
     steps = trainer_cfg.total_training_steps
-    for _ in tqdm(range(steps), desc=progress, unit="step", disable=progress is None):
+    for _ in progress_bar(progress, iterable=range(steps), unit="step"):
         batch = next(batches, None)
         if batch is None:
             break

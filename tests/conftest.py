@@ -79,9 +79,11 @@ TINY_DEFAULTS: dict[str, Any] = {
     "jumprelu_init_threshold": 0.1,
     "jumprelu_bandwidth": 0.1,
     "l0_coefficient": 1.0,
-    # hand-computed cases: theta is the parameter itself and b_dec starts at zero
+    # hand-computed cases: theta is the parameter itself, b_dec starts at zero and inputs are
+    # normalised to the paper's E||x||^2 = 1
     "threshold_lr_scale": 1.0,
     "init_b_dec_to_mean": False,
+    "normalized_mean_squared_norm": 1.0,
 }
 
 

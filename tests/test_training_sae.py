@@ -174,8 +174,8 @@ def test_target_mode_starts_lambda_in_the_units_of_the_normalisation(make_sae: M
     fields = {"d_in": 8, "d_sae": 16, "l0_coefficient": 2e-3}
     target = make_sae(**fields, target_l0=4, normalized_mean_squared_norm=5.0)
     assert math.exp(target.log_l0_coefficient.item()) == pytest.approx(1e-2)
-    default_scale = make_sae(**fields, target_l0=4)
-    assert math.exp(default_scale.log_l0_coefficient.item()) == pytest.approx(2e-3)
+    paper_scale = make_sae(**fields, target_l0=4, normalized_mean_squared_norm=1.0)
+    assert math.exp(paper_scale.log_l0_coefficient.item()) == pytest.approx(2e-3)
     # A fixed lambda is the user's, and without normalisation the scale does not apply.
     fixed = make_sae(**fields, normalized_mean_squared_norm=5.0)
     assert math.exp(fixed.log_l0_coefficient.item()) == pytest.approx(2e-3)

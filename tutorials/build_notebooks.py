@@ -119,8 +119,8 @@ display(Image(filename=str(result.curves[site.hook_name])))""",
             """\
 ## Load it with plain SAELens
 
-The saved SAE is SAELens's own `jumprelu` architecture (the paper's E||x||^2 = 1 normalisation is
-folded into the weights), so SAELens loads it without this package and runs it on raw
+The saved SAE is SAELens's own `jumprelu` architecture (the input normalisation used in training
+is folded into the weights), so SAELens loads it without this package and runs it on raw
 activations.""",
         ),
         (

@@ -14,9 +14,9 @@ import torch
 from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sae_lens_jumprelu.analysis.hooked import attached, check_features
+from sae_lens_jumprelu.progress import progress_bar
 from sae_lens_jumprelu.sites import resolve_sites, stop_at_layer
 
 # Histogram bins: quarter octaves of the activation from 2^-16 to 2^16 (JumpReLU activations
@@ -87,7 +87,7 @@ def collect_feature_stats(
     acts_name = f"{hook}.hook_sae_acts_post"
     offset = 0
     with attached(model, sae, use_error_term=True), torch.no_grad():
-        for tokens in tqdm(contexts, desc=progress, unit="batch", disable=progress is None):
+        for tokens in progress_bar(progress, iterable=contexts, unit="batch"):
             _, cache = model.run_with_cache(
                 tokens.to(model.cfg.device),
                 names_filter=[acts_name],
