@@ -6,8 +6,8 @@
 SAELens issues #494/#719 report its coefficient saturating: final L0 barely moves above lambda
 ~0.1-1, and short runs leave L0 flat. Both SAEs train with SAELens's own SAETrainer on the same
 synthetic batches for the same steps at each lambda (same optimiser settings); the table shows
-whether L0 keeps responding. Lambdas are in each SAE's own loss units (ours: E||x||^2 = 1 as in
-the paper; SAELens: the raw activations, here E||x||^2 = 3.4), so compare the shape of each column.
+whether L0 keeps responding. Both losses are in the same units on this data: ours normalises to
+E||x||^2 = 3.4 (short_budget) and SAELens trains on the raw activations, whose E||x||^2 is 3.4.
 """
 
 import argparse
