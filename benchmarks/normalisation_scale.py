@@ -3,8 +3,8 @@
     python benchmarks/normalisation_scale.py          # ~25 min on 2 CPU cores
 
 The short_budget recipe at target L0 4 and 8, 1000 steps of 4096 (``synthetic_quality.py``'s
-task and settings), with ``normalized_mean_squared_norm`` 1 (the paper's, our default), 2, 3.4
-(this data's own E||x||^2: no rescaling, the units SAELens's built-in JumpReLU trains in), 10 and
+task and settings), with ``normalized_mean_squared_norm`` 1 (the paper's), 2, 3.4
+(short_budget's; this data's own E||x||^2, the units SAELens's built-in JumpReLU trains in), 10 and
 64 (= d_in: unit variance per dimension, SAELens's ``expected_average_only_in``); seed 1 too at
 3.4.
 """
