@@ -1,6 +1,6 @@
 """The measurements behind the ``short_budget`` recipe: each deviation from the paper, reverted.
 
-    python benchmarks/recipe_ablation.py            # ~25 min on 2 CPU cores (2 workers)
+    python benchmarks/recipe_ablation.py            # ~8 min on 2 idle CPU cores (2 workers)
     python benchmarks/recipe_ablation.py --quick
 
 Every variant trains with SAELens's SAETrainer on the same synthetic batches (SAELens's synthetic
@@ -34,7 +34,7 @@ def variants() -> dict[str, Recipe]:
         "paper optimiser (lr 7e-5, warm-up 1k, beta1 0)": replace(
             sb, lr=PAPER.lr, lr_warm_up_steps=PAPER.lr_warm_up_steps, adam_beta1=PAPER.adam_beta1
         ),
-        "E||x||^2 = 1 (paper)": with_sae(normalized_mean_squared_norm=1.0),
+        "mean squared norm 1 (paper)": with_sae(normalized_mean_squared_norm=1.0),
         "log(theta) like the paper": with_sae(
             threshold_parametrization="log", threshold_lr_scale=1.0
         ),

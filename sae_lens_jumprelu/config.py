@@ -47,8 +47,8 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     Adam: the parameter is stored divided by this factor)."""
 
     normalize_to_unit_mean_square: bool = True
-    """Scale inputs by one scalar so that E||x||^2 = 1 (paper, section 5), estimated on the first
-    training batch, kept with checkpoints and folded into the saved weights."""
+    """Scale inputs by one scalar to a fixed E||x||^2 (paper, section 5, with 1), estimated on the
+    first training batch, kept with checkpoints and folded into the saved weights."""
 
     normalized_mean_squared_norm: float = 3.4
     """E||x||^2 after that scaling: 1 is the paper's (recipe ``paper``); ``d_in`` gives E||x|| ~
