@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from sae_lens_jumprelu.sparsity import (
-    CLAMPED_RATE_FRACTION,
     PENALTIES,
     PenaltyInputs,
     TargetL0Controller,
@@ -140,13 +139,12 @@ def test_controller_saturates_far_from_target(batch_l0: float, sign: float) -> N
     # e = clamp(log(L0 / K), -1, 1) = sign: lambda = exp(I + gain * e), then the integral moves
     # at a tenth of the rate (anti-windup).
     change, log_lambda = controller_step(batch_l0)
-    assert change == pytest.approx(sign * RATE * CLAMPED_RATE_FRACTION, rel=1e-4)
+    assert change == pytest.approx(sign * RATE * 0.1, rel=1e-4)
     assert log_lambda == pytest.approx(START + sign * GAIN, abs=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("log_ratio", "change"), [(0.9, 0.9 * RATE), (1.1, CLAMPED_RATE_FRACTION * RATE)]
-)
+# Hand-computed: inside the clamp rate * e; outside it a tenth of rate * clamp(e) = 0.1 * rate.
+@pytest.mark.parametrize(("log_ratio", "change"), [(0.9, 0.9 * RATE), (1.1, 0.1 * RATE)])
 def test_controller_integrates_slower_only_while_clamped(log_ratio: float, change: float) -> None:
     batch_l0 = (TARGET + 0.5) * math.exp(log_ratio) - 0.5
     assert controller_step(batch_l0)[0] == pytest.approx(change, rel=1e-3)
