@@ -225,7 +225,12 @@ def _add_sae_flags(sub: argparse.ArgumentParser, defaults: Any) -> None:
         help=f"activations per step (default {defaults.batch_size})",
     )
     sub.add_argument(
-        "--lr", type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr:g})"
+        "--lr",
+        type=float,
+        default=defaults.lr,
+        help="learning rate (default: the recipe's)"
+        if defaults.lr is None
+        else f"learning rate (default {defaults.lr:g})",
     )
     sub.add_argument(
         "--sae-config",
@@ -457,6 +462,10 @@ def _job(args: argparse.Namespace) -> "TrainJob":
     return TrainJob(**{**values, "sae_config": dict(getattr(args, "sae_config", []))})
 
 
+TARGET_TOLERANCE = 0.1
+"""Held-out L0 further than this (relative) from its target is warned about."""
+
+
 def run_train_command(args: argparse.Namespace) -> int:
     from sae_lens_jumprelu.train import run_train
 
@@ -465,13 +474,21 @@ def run_train_command(args: argparse.Namespace) -> int:
         return 0
     out = sys.stdout
     for name, e in result.evaluations.items():
+        target = result.targets.get(name)
+        versus = "" if target is None else f" (target {target:g})"
         out.write(
-            f"{name}: held-out L0 {e.l0:.1f}  FVU {e.fvu:.4f}  delta LM loss "
+            f"{name}: held-out L0 {e.l0:.1f}{versus}  FVU {e.fvu:.4f}  delta LM loss "
             f"{e.delta_lm_loss:.4f} (clean CE {e.ce_clean:.3f})  dead {e.frac_dead:.1%}  "
             f"[{e.tokens} tokens]\n"
             f"  SAE (SAELens 'jumprelu'): {result.sae_dirs[name]}\n"
             f"  training curve: {result.curves[name]}\n"
         )
+        if target is not None and abs(e.l0 / target - 1) > TARGET_TOLERANCE:
+            sys.stderr.write(
+                f"warning: {name} reached held-out L0 {e.l0:.1f}, {e.l0 / target - 1:+.0%} from "
+                f"its target {target:g}: train on more tokens (--tokens) or check the training "
+                "curve's lambda\n"
+            )
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     out.write(f"metrics: {result.out / 'metrics.json'}  ({timing})\n")
     return 0

@@ -69,11 +69,19 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     the paper's). 1.0 bounds the early sparsity-gradient spikes that would otherwise inflate Adam's
     second moment and freeze the thresholds (benchmarks/sparsity_mechanisms.py)."""
 
-    target_l0_rate: float = 0.01
-    """Integral gain of target mode: log(lambda) moves by at most this much per step."""
+    target_l0_rate: float = 0.1
+    """Integral gain of target mode, in units of the initial lambda: the integral moves by at most
+    this much per step (``sparsity.TargetL0Controller``)."""
 
     target_l0_gain: float = 3.0
-    """Proportional gain of target mode: log(lambda) += gain * clamp(log(L0 / target_l0), -1, 1)."""
+    """Proportional gain of target mode: lambda = lambda_0 * (I + gain * e), with
+    e = clamp(log(L0 / target_l0), -1, 1)."""
+
+    threshold_ceiling_decay: float | None = 0.9
+    """Keep each theta at or below a ceiling that follows its latent's largest pre-activation
+    per batch: an exponential moving average with this decay per step, never below the current
+    batch's maximum. No threshold can then climb past every input and leave its latent dead with
+    no gradient, while a latent may still fire in few batches (None: no ceiling, the paper's)."""
 
     check_finite: bool = True
     """Stop with an error naming the step when an activation batch holds NaN or Inf."""
@@ -150,6 +158,11 @@ def _validate(cfg: JumpReLUSTETrainingSAEConfig) -> None:
         fail("target_l0_rate", f"must be > 0, got {cfg.target_l0_rate}")
     if not cfg.target_l0_gain >= 0:
         fail("target_l0_gain", f"must be >= 0, got {cfg.target_l0_gain}")
+    if cfg.threshold_ceiling_decay is not None and not 0 <= cfg.threshold_ceiling_decay < 1:
+        fail(
+            "threshold_ceiling_decay",
+            f"must be None or in [0, 1), got {cfg.threshold_ceiling_decay}",
+        )
     if cfg.sparse_step not in ("auto", "on", "off"):
         fail("sparse_step", f"must be 'auto', 'on' or 'off', got {cfg.sparse_step!r}")
     if cfg.l0_warm_up_steps < 0:

@@ -7,7 +7,8 @@ each gradient is averaged over ranks the moment backward finishes with it (a pos
 hook), before the trainer's clip, ``GradientGuard`` and Adam see it: the replicas then take the
 step one process would take on the whole global batch, and stay identical. The trainer's firing
 statistics (dead latents, feature frequencies) are combined over ranks after each step, and
-``JumpReLUSTETrainingSAE`` averages the batch statistics it acts on (its ``cross_replica_mean``).
+``JumpReLUSTETrainingSAE`` combines the batch statistics it acts on (its ``cross_replica_mean``
+and ``cross_replica_max``).
 """
 
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ def replicate(sae: TrainingSAE[Any], dist: Dist) -> None:
     if isinstance(sae, JumpReLUSTETrainingSAE):
         # Its GradientGuard averages each gradient before recording its norm.
         sae.cross_replica_mean = dist.mean_
+        sae.cross_replica_max = dist.max_
         return
 
     def average(param: torch.Tensor) -> None:

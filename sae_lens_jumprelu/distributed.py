@@ -55,6 +55,10 @@ class Dist:
         """In place: the elementwise minimum of ``tensor`` over ranks."""
         return self._all_reduce_(tensor, dist.ReduceOp.MIN)
 
+    def max_(self, tensor: Tensor) -> Tensor:
+        """In place: the elementwise maximum of ``tensor`` over ranks."""
+        return self._all_reduce_(tensor, dist.ReduceOp.MAX)
+
     def _all_reduce_(self, tensor: Tensor, op: Any) -> Tensor:
         if self.active:
             with self.collective("all_reduce"):

@@ -27,7 +27,12 @@ class Recipe:
     lr: float = 3e-4
     """Trainer learning rate."""
     lr_warm_up_steps: int = 0
-    """Linear learning-rate warm-up."""
+    """Linear learning-rate warm-up, in steps."""
+    lr_warm_up_fraction: float = 0.0
+    """Linear learning-rate warm-up as a fraction of the run's steps (the longer of the two)."""
+    lr_decay_fraction: float = 0.0
+    """Linear learning-rate decay to zero over this final fraction of the run's steps
+    (SAELens's constant scheduler with ``lr_decay_steps``)."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     batch_size: int = 4096
@@ -36,15 +41,32 @@ class Recipe:
     def sae_config(self, d_in: int, d_sae: int, **overrides: Any) -> JumpReLUSTETrainingSAEConfig:
         return JumpReLUSTETrainingSAEConfig(d_in=d_in, d_sae=d_sae, **{**self.sae, **overrides})
 
-    def runner_kwargs(self) -> dict[str, Any]:
-        """Fields of SAELens's ``LanguageModelSAERunnerConfig``."""
-        return {
+    def warm_up_steps(self, total_samples: int) -> int:
+        steps = total_samples // self.batch_size
+        return max(self.lr_warm_up_steps, round(self.lr_warm_up_fraction * steps))
+
+    def decay_steps(self, total_samples: int) -> int:
+        return round(self.lr_decay_fraction * (total_samples // self.batch_size))
+
+    def runner_kwargs(self, training_tokens: int = 0) -> dict[str, Any]:
+        """Fields of SAELens's ``LanguageModelSAERunnerConfig`` for a run of
+        ``training_tokens`` (which the fractional warm-up and decay need)."""
+        if training_tokens <= 0 and (self.lr_warm_up_fraction or self.lr_decay_fraction):
+            raise ValueError(
+                f"recipe {self.name!r} schedules the learning rate over a fraction of the run: "
+                "pass training_tokens to runner_kwargs"
+            )
+        kwargs: dict[str, Any] = {
             "lr": self.lr,
-            "lr_warm_up_steps": self.lr_warm_up_steps,
+            "lr_warm_up_steps": self.warm_up_steps(training_tokens),
+            "lr_decay_steps": self.decay_steps(training_tokens),
             "adam_beta1": self.adam_beta1,
             "adam_beta2": self.adam_beta2,
             "train_batch_size_tokens": self.batch_size,
         }
+        if training_tokens > 0:
+            kwargs["training_tokens"] = training_tokens
+        return kwargs
 
     def trainer_settings(self, total_samples: int, device: str = "cpu") -> TrainerSettings:
         """Settings for ``synthetic.train_on_synthetic`` / SAELens's ``SAETrainerConfig``."""
@@ -52,7 +74,8 @@ class Recipe:
             total_samples=total_samples,
             batch_size=self.batch_size,
             lr=self.lr,
-            lr_warm_up_steps=self.lr_warm_up_steps,
+            lr_warm_up_steps=self.warm_up_steps(total_samples),
+            lr_decay_steps=self.decay_steps(total_samples),
             adam_beta1=self.adam_beta1,
             adam_beta2=self.adam_beta2,
             device=device,
@@ -77,6 +100,7 @@ PAPER = Recipe(
         "max_grad_norm": None,  # no clipping
         "threshold_lr_scale": 1.0,  # one learning rate for every parameter
         "init_b_dec_to_mean": False,  # b_dec starts at zero
+        "threshold_ceiling_decay": None,  # thresholds are bounded below only
     },
     lr=7e-5,
     lr_warm_up_steps=1_000,
@@ -101,7 +125,7 @@ SHORT_BUDGET = Recipe(
         # pre-activations). Reverted: FVU 0.160, MCC 0.774, 10.5% dead; at 1000 steps MCC 0.806
         # / 0.761 at targets 4 / 8 against 0.868 / 0.792 (benchmarks/normalisation_scale.py);
         # Gemma 3 270M layer 9, target 32, 195 steps: FVU 0.314 at L0 31.6 against 0.280 at L0
-        # 26.6 (README "Quality at matched L0").
+        # 26.6 (docs/results.md, "Before 2026-12-02").
         "normalized_mean_squared_norm": 3.4,
         # theta must climb to ~0.25 within a few hundred steps. Scale 1: L0 6.58 for target 5
         # (outside +-10%), MCC 0.748; scale 10: FVU 0.236, MCC 0.549, 21% dead.
@@ -120,16 +144,25 @@ SHORT_BUDGET = Recipe(
         # Bounds the early sparsity-gradient spikes that inflate Adam's second moment.
         # Reverted (no clip, the paper's): L0 9.09 for target 5, FVU 0.187, MCC 0.613.
         "max_grad_norm": 1.0,
-        # A controller that winds lambda up less. Reverted to rate 0.05, gain 1: L0 3.51 for
-        # target 5, FVU 0.189, MCC 0.802.
-        "target_l0_rate": 0.01,
+        # A signed controller on lambda (sparsity.TargetL0Controller). Its log(lambda)
+        # predecessor undershot on LM activations: L0 21 for target 32, lambda ~3e-4 (Gemma 3
+        # 270M layer 6, d_sae 4096, batch 256, 2026-12-02).
+        "target_l0_rate": 0.1,
         "target_l0_gain": 3.0,
+        # Thresholds stay at or below a moving average of each latent's batch maximum. Without
+        # it 86% of latents died at target 32 (same run as above; training_sae.project_constraints).
+        "threshold_ceiling_decay": 0.9,
     },
     # Reverted to lr 3e-4: L0 7.13 for target 5, FVU 0.201, MCC 0.656; to the paper's
     # optimiser (7e-5, 1k warm-up, beta1 0): L0 160, FVU 0.444, the weights barely move in 600
     # steps.
     lr=1e-3,
     lr_warm_up_steps=0,
+    # Warm-up and a final decay to zero, as dictionary_learning and SAELens's tutorials do.
+    # Measured with the ceiling and the signed controller (Gemma 3 270M layer 6, target 32,
+    # batch 256, 964 steps, 2026-12-02): L0 34.3, FVU 0.077, 1.4% dead.
+    lr_warm_up_fraction=0.05,
+    lr_decay_fraction=0.2,
     adam_beta1=0.9,
 )
 

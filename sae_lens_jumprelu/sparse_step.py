@@ -18,6 +18,7 @@ Losses and gradients equal the dense step's up to float rounding (tests/test_spa
 Only torch ops, so the same code runs on CUDA (tested on CPU only).
 """
 
+import math
 import threading
 import warnings
 from collections.abc import Iterator
@@ -202,9 +203,12 @@ def _entry_bound(
     return threshold - b_enc.float() - 1.01 * half_width - rounding
 
 
-def _select_entries(x: Tensor, W_enc: Tensor, bound: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Token-major ``(rows, cols, (x @ W_enc)[rows, cols])`` of the entries above ``bound``,
-    computing the matmul one block (a chunk of tokens x a slice of latents) at a time."""
+def _select_entries(
+    x: Tensor, W_enc: Tensor, bound: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Token-major ``(rows, cols, (x @ W_enc)[rows, cols])`` of the entries above ``bound``, and
+    each latent's largest ``x @ W_enc`` over the batch, computing the matmul one block (a chunk
+    of tokens x a slice of latents) at a time."""
     n_rows, d_sae = x.shape[0], W_enc.shape[1]
     on_cpu = x.device.type == "cpu"
     chunk = max(1, min(n_rows, CPU_ROW_CHUNK)) if on_cpu else n_rows
@@ -216,6 +220,7 @@ def _select_entries(x: Tensor, W_enc: Tensor, bound: Tensor) -> tuple[Tensor, Te
     else:
         buffer = x.new_empty(chunk * width)  # the caching allocator reuses it
     rows, cols, values = [], [], []
+    latent_max = torch.full((d_sae,), -math.inf, dtype=torch.float32, device=x.device)
     for row in range(0, n_rows, chunk):
         x_chunk = x[row : row + chunk]
         slices = []
@@ -228,6 +233,8 @@ def _select_entries(x: Tensor, W_enc: Tensor, bound: Tensor) -> tuple[Tensor, Te
                     out = buffer[: x_chunk.shape[0] * W_slice.shape[1]]
                     pre = torch.mm(x_chunk, W_slice, out=out.view(x_chunk.shape[0], -1))
                 r, c = (pre > bound[col : col + width]).nonzero().unbind(1)
+                here = latent_max[col : col + width]
+                torch.maximum(here, pre.amax(dim=0).float(), out=here)
             values_here = pre[r, c]
             # In place where possible: at high L0 every fresh tensor costs page faults.
             slices.append((r, c.add_(col), values_here))
@@ -236,8 +243,8 @@ def _select_entries(x: Tensor, W_enc: Tensor, bound: Tensor) -> tuple[Tensor, Te
         cols.append(c)
         values.append(v)
     if len(rows) == 1:
-        return rows[0], cols[0], values[0]
-    return torch.cat(rows), torch.cat(cols), torch.cat(values)
+        return rows[0], cols[0], values[0], latent_max
+    return torch.cat(rows), torch.cat(cols), torch.cat(values), latent_max
 
 
 def _merge_slices(
@@ -290,7 +297,8 @@ class SparseJumpReLU(torch.autograd.Function):
     can carry a gradient; the paper's estimator for theta (``ste.jumprelu_pseudo_grads``).
 
     Outputs: ``f @ W_dec`` (dense, no decoder bias), then ``pi`` and ``f`` at the entries
-    (differentiable, for the penalties), then the ``EntryPattern``.
+    (differentiable, for the penalties), then the ``EntryPattern``, then each latent's largest
+    ``pi`` over the batch (not differentiable).
     """
 
     @staticmethod
@@ -304,23 +312,25 @@ class SparseJumpReLU(torch.autograd.Function):
         bandwidth: float,
         kernel: str,
         ste_to_input: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, EntryPattern]:
+    ) -> tuple[Tensor, Tensor, Tensor, EntryPattern, Tensor]:
         with serial_bookkeeping(x.device):
             x_enc = x if b_dec is None else x - b_dec
             bound = _entry_bound(threshold, b_enc, bandwidth, kernel, x_enc.dtype)
-            rows, cols, partial = _select_entries(x_enc, W_enc, bound)
+            rows, cols, partial, partial_max = _select_entries(x_enc, W_enc, bound)
             pattern = EntryPattern.from_entries(rows, cols, x.shape[0], W_enc.shape[1])
             hidden = partial + b_enc.index_select(0, cols)  # the dense step's rounding
             acts = hidden * (hidden > threshold.index_select(0, cols)).to(hidden.dtype)
             with torch.autocast(device_type=x.device.type, enabled=False):
                 # A gather, memory-bound: autocast's lower precision would only round it.
                 recon = pattern.token_sums(W_dec, acts.to(W_dec.dtype))
-        return recon, hidden, acts, pattern
+            latent_max = partial_max + b_enc.float()
+        return recon, hidden, acts, pattern, latent_max
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
         x, W_enc, _, b_dec, threshold, W_dec, bandwidth, kernel, ste_to_input = inputs
-        _, hidden, acts, pattern = output
+        _, hidden, acts, pattern, latent_max = output
+        ctx.mark_non_differentiable(latent_max)
         ctx.save_for_backward(x, W_enc, b_dec, threshold, W_dec, hidden, acts)
         ctx.pattern = pattern
         ctx.bandwidth, ctx.kernel, ctx.ste_to_input = bandwidth, kernel, ste_to_input
@@ -334,6 +344,7 @@ class SparseJumpReLU(torch.autograd.Function):
         grad_hidden: Tensor | None,
         grad_acts: Tensor | None,
         _grad_pattern: Any,
+        _grad_latent_max: Any,
     ) -> tuple[Any, ...]:
         x, W_enc, b_dec, threshold, W_dec, hidden, acts = ctx.saved_tensors
         pattern: EntryPattern = ctx.pattern
@@ -407,6 +418,8 @@ class SparseStepOutput(NamedTuple):
     feature_acts: Float[Tensor, " nnz"]
     """``f`` at the entries (zero at those below their threshold)."""
     pattern: EntryPattern
+    latent_max: Float[Tensor, " d_sae"]
+    """Each latent's largest ``pi`` over the batch (float32, no grad)."""
 
 
 def sparse_jumprelu(

@@ -9,7 +9,6 @@ Each penalty maps one batch to a scalar whose gradient reaches the threshold thr
 - ``quadratic``: lambda * (2 / K) * (L0 - K)^2               (Gemma Scope 2; SAELens's form)
 """
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -115,27 +114,37 @@ CLAMPED_RATE_FRACTION = 0.1
 """Integral rate of ``TargetL0Controller`` while its error is clamped, relative to ``rate``."""
 
 
+INTEGRAL_BOUND = 1e6
+"""Largest |integral| of ``TargetL0Controller``, in units of the initial lambda: beyond it the
+target is unreachable and integrating further would only wind up."""
+
+
 class TargetL0Controller:
-    """Proportional-integral control of log(lambda) so the batch L0 settles at ``target_l0``.
+    """Proportional-integral control of lambda so the batch L0 settles at ``target_l0``.
 
     With ``e = clamp(log((L0 + 0.5) / (target + 0.5)), -1, 1)`` measured on the current batch,
-    ``log(lambda) = I + gain * e`` and then ``I += rate * e``, at a tenth of ``rate`` while the
-    clamp is active. Working on log(lambda) makes the control relative (one controller serves
-    lambdas from 1e-6 to 10); the clamp bounds the change while L0 is far from the target (at
-    initialisation half the latents fire). The integral alone overshoots: thresholds keep
-    climbing towards the equilibrium of the lambda reached when L0 first meets the target
-    (measured: target 5 undershot to 3.5 within 300 steps); the proportional term lowers lambda
-    as soon as L0 crosses the target. The slower integral while clamped is anti-windup: in the
-    first hundred-odd steps L0 is far above any target, and integrating there wound lambda up to
-    ~30x its final value; L0 then undershot and stayed low (synthetic data, target 4, 1000
-    steps, E||x||^2 = 3.4: L0 3.52 at full rate, 3.82 at a tenth, 3.78 with none). ``I`` is a
-    float32 buffer of the SAE, so it is saved with checkpoints and resumes exactly.
+    ``lambda = lambda_0 * (I + gain * e)`` and then ``I += rate * e * max(|I|, 1)``, at a tenth
+    of ``rate`` while the clamp is active; ``I`` starts at 1. Far from zero the integral moves
+    geometrically, as a controller on log(lambda) would, so one rate serves lambdas across
+    orders of magnitude; near zero it moves linearly and can change sign. Lambda is signed on
+    purpose: the
+    reconstruction's own straight-through gradient raises thresholds too, and on real
+    activations it alone held L0 below the target. A controller on log(lambda) (lambda > 0) let
+    lambda fall to ~3e-4 and L0 settle at 21 for target 32 (Gemma 3 270M layer 6, 2026-12-02);
+    a negative lambda pulls the thresholds back down. The log error keeps the correction
+    relative to the target; the clamp bounds it while L0 is far off (at initialisation half the
+    latents fire). The proportional term lowers lambda as soon as L0 crosses the target, before
+    the integral catches up; the slower integral while clamped is anti-windup (in the first
+    hundred-odd steps L0 is far above any target). ``I`` is a float32 buffer of the SAE, so it
+    is saved with checkpoints and resumes exactly.
     """
 
-    def __init__(self, target_l0: float, rate: float, gain: float) -> None:
+    def __init__(self, target_l0: float, rate: float, gain: float, initial: float) -> None:
         self.target_l0 = target_l0
         self.rate = rate
         self.gain = gain
+        self.initial = initial
+        """lambda_0, the scale of the output."""
 
     @torch.no_grad()
     def step(self, integral: Tensor, batch_l0: Tensor) -> Tensor:
@@ -143,9 +152,9 @@ class TargetL0Controller:
         # +0.5 on both sides keeps L0 = 0 finite and the settling point exactly at the target.
         log_ratio = torch.log((batch_l0.float() + 0.5) / (self.target_l0 + 0.5))
         error = log_ratio.clamp(-1.0, 1.0)
-        coefficient = (integral + self.gain * error).exp()
+        coefficient = self.initial * (integral + self.gain * error)
         clamped = log_ratio.abs() > 1.0
-        integral.add_(torch.where(clamped, CLAMPED_RATE_FRACTION * self.rate, self.rate) * error)
-        # lambda below 1e-12 or above 1e6 means the target is unreachable; stop integrating.
-        integral.clamp_(math.log(1e-12), math.log(1e6))
+        rate = torch.where(clamped, CLAMPED_RATE_FRACTION * self.rate, self.rate)
+        integral.add_(rate * error * integral.abs().clamp(min=1.0))
+        integral.clamp_(-INTEGRAL_BOUND, INTEGRAL_BOUND)
         return coefficient

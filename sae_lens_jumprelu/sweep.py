@@ -186,12 +186,10 @@ def run_sweep(
             scaling[name] = factor
 
     started = time.perf_counter()
-    settings = job.our_recipe().trainer_settings(job.tokens, job.device)
+    # Every SAE gets our recipe's schedule (warm-up, decay), computed for this batch size.
+    recipe = replace(job.our_recipe(), batch_size=job.batch_size, lr=job.lr)
     settings = replace(
-        settings,
-        batch_size=job.batch_size,
-        lr=job.lr,
-        lr_warm_up_steps=0,
+        recipe.trainer_settings(job.tokens, job.device),
         extra={"dead_feature_window": job.dead_feature_window},
     )
     trainers = train_in_lockstep(

@@ -60,13 +60,13 @@ class TrainJob(LanguageModelRun):
     l0_coefficient: list[float] = field(default_factory=list)
     """Fixed lambdas of the L0 penalty (the paper's mode) instead of targets: a sweep whose SAEs
     share one forward pass."""
-    # Short LM runs need more, smaller steps than the recipes' 4096 (measured on the embedded
-    # model's layer 9, 230k tokens, d_sae 2048, target L0 32; held-out L0 / FVU / dead):
-    # batch 4096 lr 1e-3: 13.8 / 0.45 / 41%; batch 2048 lr 1e-3: 15.8 / 0.30 / 72%;
-    # batch 1024 lr 3e-4: 30.7 / 0.30 / 42%. (lr 1e-3 at batch 1024 left 94% dead at d_sae 4096.)
-    batch_size: int | None = 1024
+    # Short LM runs need more, smaller steps than the recipes' 4096 (embedded model, layer 6,
+    # 250k tokens, d_sae 4096, target 32, held-out L0 / FVU / dead, 2026-12-02, before the
+    # threshold ceiling): batch 1024 18.8 / 0.125 / 67%; with the ceiling and the signed
+    # controller, batch 1024 missed target 16 (20.6) where batch 256 reached it (16.0).
+    batch_size: int | None = 256
     """Activations per training step; None: the recipe's."""
-    lr: float | None = 3e-4
+    lr: float | None = None
     """Learning rate; None: the recipe's."""
     out: Path = Path("sae-jumprelu-run")
     """Output directory: one SAELens SAE per site, metrics, curves."""
@@ -115,6 +115,22 @@ class TrainJob(LanguageModelRun):
             lr=self.lr if self.lr is not None else recipe.lr,
         )
 
+    def check_reachable(self) -> None:
+        """Fail before the model loads when a target or the token budget cannot work."""
+        batch = self.recipe_settings().batch_size
+        if self.tokens < batch:
+            raise ValueError(
+                f"--tokens {self.tokens} is less than one batch of {batch}: give more tokens or "
+                "a smaller --batch-size"
+            )
+        for target in self.target_l0:
+            if not 0 < target <= self.d_sae / 2:
+                raise ValueError(
+                    f"--target-l0 {target:g} cannot be reached with --d-sae {self.d_sae}: a "
+                    f"target must be in (0, d_sae / 2 = {self.d_sae / 2:g}] (above half the "
+                    "latents, an SAE stops being sparse); lower it or raise --d-sae"
+                )
+
     def sparsity_settings(self) -> dict[str, dict[str, float]]:
         """Label -> config fields, one SAE per label and site."""
         if self.l0_coefficient and self.target_l0:
@@ -142,11 +158,14 @@ class TrainResult:
     evaluations: dict[str, SAEEvaluation]
     curves: dict[str, Path]
     seconds: dict[str, float]
+    targets: dict[str, float | None] = field(default_factory=dict)
+    """SAE name -> its target L0 (None with a fixed lambda)."""
 
 
 def run_train(job: TrainJob) -> TrainResult | None:
     """Train, save, evaluate; under ``--distributed`` only rank 0 returns the result."""
     job.sparsity_settings()  # a contradictory request fails before the model loads
+    job.check_reachable()
     if job.distributed != "none":
         from sae_lens_jumprelu.distributed_run import run_train_distributed
 
@@ -250,7 +269,8 @@ def finish_run(
         "metrics": {name: e.summary() for name, e in evaluations.items()},
     }
     (job.out / "run.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(job.out, sae_dirs, evaluations, curves, seconds)
+    targets = {name: names[name][1].get("target_l0") for name in sae_dirs}
+    return TrainResult(job.out, sae_dirs, evaluations, curves, seconds, targets)
 
 
 def run_collect(job: TrainJob, contexts_per_shard: int = 64) -> ActivationCache:

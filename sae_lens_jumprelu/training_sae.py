@@ -33,9 +33,15 @@ from sae_lens_jumprelu.sparsity import (
 from sae_lens_jumprelu.ste import jumprelu
 
 # Kept in float32 whatever the SAE dtype: Adam's ~lr-sized steps round away in bfloat16.
-_FLOAT32_STATE = ("threshold_raw", "input_scale", "log_l0_coefficient")
+_FLOAT32_STATE = ("threshold_raw", "input_scale", "l0_coefficient_integral", "threshold_ceiling")
 # Training state that the inference "jumprelu" SAE does not have.
-_TRAINING_ONLY_STATE = ("threshold_raw", "input_scale", "input_scale_pending", "log_l0_coefficient")
+_TRAINING_ONLY_STATE = (
+    "threshold_raw",
+    "input_scale",
+    "input_scale_pending",
+    "l0_coefficient_integral",
+    "threshold_ceiling",
+)
 
 # sparse_step="auto" takes the sparse step while the last step touched at most this fraction of
 # all (token, latent) entries (active or in a threshold window). Measured crossover, d_sae 16384,
@@ -59,6 +65,8 @@ class _Forward(NamedTuple):
     decoder_norms: Tensor
     encoder_input: Tensor | None
     """The normalised input, kept by a sparse step for the dead latents' pre-activations."""
+    latent_max: Tensor
+    """Each latent's largest pre-activation in the batch (no grad)."""
 
 
 class NonFiniteActivationsError(ValueError):
@@ -70,15 +78,17 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
 
     State beyond SAELens's ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``:
     ``threshold_raw`` (theta / threshold_lr_scale, or log theta), ``input_scale`` (the E||x||^2 = 1
-    scalar; the weights live in those normalised units) and ``log_l0_coefficient`` (the integral
-    term of target mode's controller).
+    scalar; the weights live in those normalised units), ``l0_coefficient_integral`` (the
+    integral term of target mode's controller) and ``threshold_ceiling`` (the moving average of
+    each latent's batch maximum that bounds its theta).
     """
 
     b_enc: nn.Parameter
     threshold_raw: nn.Parameter
     input_scale: Tensor
     input_scale_pending: Tensor
-    log_l0_coefficient: Tensor
+    l0_coefficient_integral: Tensor
+    threshold_ceiling: Tensor
 
     def __init__(self, cfg: JumpReLUSTETrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
@@ -95,12 +105,17 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
                 cfg.normalize_to_unit_mean_square or cfg.init_b_dec_to_mean, device=self.device
             ),
         )
-        self.register_buffer(
-            "log_l0_coefficient", torch.tensor(_initial_log_l0_coefficient(cfg), **f32)
-        )
+        self.register_buffer("l0_coefficient_integral", torch.ones((), **f32))
+        # +inf until the first batch: no ceiling before there is a maximum to follow.
+        self.register_buffer("threshold_ceiling", torch.full((cfg.d_sae,), math.inf, **f32))
         self._penalty = PENALTIES[cfg.jumprelu_sparsity_loss_mode]
         self._controller = (
-            TargetL0Controller(cfg.target_l0, cfg.target_l0_rate, cfg.target_l0_gain)  # type: ignore[arg-type]
+            TargetL0Controller(
+                cfg.target_l0,  # type: ignore[arg-type]
+                cfg.target_l0_rate,
+                cfg.target_l0_gain,
+                initial=_initial_l0_coefficient(cfg),
+            )
             if cfg.target_mode
             else None
         )
@@ -113,6 +128,9 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         ranks in place. Gradients and the statistics this SAE takes from its batch (first-batch
         E||x||^2 and mean, target mode's batch L0) go through it, so every replica takes the
         same step as one process on the global batch."""
+        self.cross_replica_max: Callable[[Tensor], Tensor] | None = None
+        """Set with ``cross_replica_mean``: the elementwise maximum over ranks in place (each
+        latent's batch maximum, for the threshold ceiling)."""
 
     # ---- parameters -------------------------------------------------------------------------
 
@@ -202,6 +220,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         error = (fwd.sae_out - x.to(fwd.sae_out.dtype)).float() * self.input_scale
         mse_loss = error.pow(2).sum(dim=-1).mean()
 
+        self._update_threshold_ceiling(fwd.latent_max)
         coefficient = self._l0_coefficient(step_input, fwd.batch_l0)
         losses = {"mse_loss": mse_loss, **self._sparsity_losses(step_input, coefficient, fwd)}
         return TrainStepOutput(
@@ -234,6 +253,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             threshold=threshold,
             decoder_norms=decoder_norms,
             encoder_input=None,
+            latent_max=hidden_pre.detach().reshape(-1, self.cfg.d_sae).amax(dim=0),
         )
 
     def _sparse_forward(self, x: Tensor) -> "_Forward":
@@ -286,6 +306,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             threshold=threshold,
             decoder_norms=decoder_norms,
             encoder_input=x_n,
+            latent_max=step.latent_max,
         )
 
     def _takes_sparse_step(self, x: Tensor) -> bool:
@@ -318,7 +339,21 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         trainer's warm-up schedule."""
         if self._controller is None:
             return step_input.coefficients["l0"]
-        return self._controller.step(self.log_l0_coefficient, self._global_mean(batch_l0))
+        return self._controller.step(self.l0_coefficient_integral, self._global_mean(batch_l0))
+
+    @torch.no_grad()
+    def _update_threshold_ceiling(self, latent_max: Tensor) -> None:
+        """Move the ceiling towards this batch's maxima, never below them (data-parallel: the
+        global batch's)."""
+        decay = self.cfg.threshold_ceiling_decay
+        if decay is None:
+            return
+        latent_max = latent_max.detach().float().clone()
+        if self.cross_replica_max is not None:
+            self.cross_replica_max(latent_max)
+        average = decay * self.threshold_ceiling + (1 - decay) * latent_max
+        first = torch.isinf(self.threshold_ceiling)
+        self.threshold_ceiling.copy_(torch.where(first, latent_max, average.maximum(latent_max)))
 
     def _global_mean(self, tensor: Tensor) -> Tensor:
         """``tensor`` (a mean over this rank's batch) averaged over data-parallel ranks."""
@@ -344,6 +379,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             threshold=threshold,
             decoder_norms=decoder_norms,
             encoder_input=None,
+            latent_max=hidden_pre.detach().reshape(-1, self.cfg.d_sae).amax(dim=0),
         )
         coefficient = self._l0_coefficient(step_input, fwd.batch_l0)
         return self._sparsity_losses(step_input, coefficient, fwd)
@@ -429,7 +465,14 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
 
     @torch.no_grad()
     def project_constraints(self) -> None:
-        """theta >= 0 and, with ``decoder_unit_norm``, unit-norm decoder rows."""
+        """theta <= its ceiling, theta >= 0 and, with ``decoder_unit_norm``, unit-norm decoder
+        rows."""
+        if self.cfg.threshold_ceiling_decay is not None:
+            # Without it, thresholds step past every input (a step of lr * threshold_lr_scale is
+            # 3x the bandwidth, and Adam's momentum carries on with no gradient left): 86% of
+            # latents died at target 32, 1.4% with it (Gemma 3 270M layer 6, 2026-12-02).
+            ceiling = self._raw_from_threshold(self.threshold_ceiling.clamp(min=0.0))
+            self.threshold_raw.copy_(torch.minimum(self.threshold_raw, ceiling))
         if self.cfg.threshold_parametrization == "linear":
             # A projection rather than a clamp in the graph: a clamp would zero the gradient and
             # pin any latent that reaches theta = 0 there for good.
@@ -498,17 +541,23 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         # Weights saved for inference are already in raw units.
         state_dict.setdefault("input_scale", torch.ones((), dtype=torch.float32))
         state_dict.setdefault("input_scale_pending", torch.tensor(False))
+        if "log_l0_coefficient" in state_dict:
+            # Older checkpoints controlled log(lambda): the same lambda, in units of lambda_0.
+            old_lambda = state_dict.pop("log_l0_coefficient").float().exp()
+            initial = max(_initial_l0_coefficient(self.cfg), 1e-12)
+            state_dict["l0_coefficient_integral"] = old_lambda / initial
+        state_dict.setdefault("l0_coefficient_integral", torch.ones((), dtype=torch.float32))
         state_dict.setdefault(
-            "log_l0_coefficient", torch.tensor(_initial_log_l0_coefficient(self.cfg))
+            "threshold_ceiling", torch.full((self.cfg.d_sae,), math.inf, dtype=torch.float32)
         )
 
 
-def _initial_log_l0_coefficient(cfg: JumpReLUSTETrainingSAEConfig) -> float:
-    """log of the lambda a run starts from. In target mode ``l0_coefficient`` is scaled by the
+def _initial_l0_coefficient(cfg: JumpReLUSTETrainingSAEConfig) -> float:
+    """The lambda a run starts from. In target mode ``l0_coefficient`` is scaled by the
     E||x||^2 the inputs are normalised to, which scales the MSE term: the two loss terms start in
     the same balance at any ``normalized_mean_squared_norm`` (unscaled, target mode missed targets
-    16 and 32 at 10 on the embedded model in 195 steps, README "Quality at matched L0")."""
+    16 and 32 at 10 on the embedded model in 195 steps, docs/results.md)."""
     scale = 1.0
     if cfg.target_mode and cfg.normalize_to_unit_mean_square:
         scale = cfg.normalized_mean_squared_norm
-    return math.log(max(cfg.l0_coefficient * scale, 1e-12))
+    return cfg.l0_coefficient * scale

@@ -46,6 +46,8 @@ def test_architecture_and_inference_config(make_cfg: MakeCfg) -> None:
         ),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"target_l0_rate": 0.0}, "target_l0_rate"),
+        ({"threshold_ceiling_decay": 1.0}, "threshold_ceiling_decay"),
+        ({"threshold_ceiling_decay": -0.1}, "threshold_ceiling_decay"),
         ({"l0_coefficient": -1.0}, "l0_coefficient"),
         ({"l0_coefficient": 0.0, "target_l0": 2}, "l0_coefficient"),  # target mode needs lambda > 0
         ({"d_sae": 0}, "d_sae"),
@@ -115,6 +117,7 @@ def test_to_dict_from_dict_round_trip(make_cfg: MakeCfg) -> None:
         decoder_unit_norm=True,
         max_grad_norm=0.25,
         target_l0_rate=0.03,
+        threshold_ceiling_decay=0.5,
         check_finite=False,
         apply_b_dec_to_input=False,
     )

@@ -79,7 +79,7 @@ def test_two_ranks_give_the_weights_of_one_process(kind: str, tmp_path: Path) ->
     # the run moved the weights: equality above is not equality of untouched initial weights
     assert (alone["state"]["W_enc"] - initial["W_enc"]).abs().max() > 1e-3
     if kind == "jumprelu_ste":  # the controller and the first-batch statistics were global
-        assert alone["state"]["log_l0_coefficient"] != initial["log_l0_coefficient"]
+        assert alone["state"]["l0_coefficient_integral"] != initial["l0_coefficient_integral"]
         assert alone["state"]["input_scale"] != 1.0
 
 

@@ -66,6 +66,6 @@ def test_streamed_sweep_and_input_errors(tmp_path, capsys):
     bad = tmp_path / "bad"
     assert main(f"train --site resid:18 --out {bad}".split() + SMALL) == 2
     assert "layer 18 is out of range: gemma-3-270m has layers 0-17" in capsys.readouterr().err
-    assert main(f"train --context-size 100000 --out {bad} --tokens 10".split()) == 2
+    assert main(f"train --context-size 100000 --out {bad} --tokens 1000".split()) == 2
     assert "longer than gemma-3-270m's context" in capsys.readouterr().err
     assert not bad.exists()

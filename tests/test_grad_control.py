@@ -43,7 +43,8 @@ def reference_adam(
     clip: float | None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Plain torch Adam (same lr and betas as the trainer) on copies of the parameters that no
-    gradient guard knows about, fed the SAE's own gradients, optionally clipped to ``clip``."""
+    gradient guard knows about, fed the SAE's own gradients, optionally clipped to ``clip``,
+    with the SAE's constraints projected after each step as the trainer does."""
     names = [name for name, _ in sae.named_parameters()]
     shadows = [p.detach().clone().requires_grad_(True) for p in sae.parameters()]
     opt = torch.optim.Adam(shadows, lr=LR, betas=(0.9, 0.999))
@@ -60,6 +61,11 @@ def reference_adam(
         with torch.no_grad():
             for shadow, p in zip(shadows, sae.parameters(), strict=True):
                 p.copy_(shadow)
+            # The trainer projects after each step (theta under its ceiling, theta >= 0), in
+            # place, leaving Adam's state alone.
+            sae.project_constraints()
+            for shadow, p in zip(shadows, sae.parameters(), strict=True):
+                shadow.copy_(p)
     return {name: s.detach() for name, s in zip(names, shadows, strict=True)}, norms
 
 
@@ -117,6 +123,8 @@ def test_unclipped_gradients_are_left_alone(
         jumprelu_bandwidth=0.05,
         l0_coefficient=1e-4,
         normalize_to_unit_mean_square=False,
+        # the ceiling would pull theta into the inputs' window, where its gradient is ~1/eps
+        threshold_ceiling_decay=None,
     )
     xs = [torch.randn(BATCH, 8) * 0.1 for _ in range(3)]
     expected, norms = reference_adam(copy.deepcopy(sae), xs, make_step_input, clip=None)

@@ -264,6 +264,17 @@ def test_sparse_jumprelu_gradients_match_dense_autograd() -> None:
     ((acts @ dense["W_dec"]).pow(2).sum() + (pre * kept).sum()).backward()
     for name in params:
         assert relative_difference(sparse[name].grad, dense[name].grad) <= TOLERANCE, name
+    # every latent's batch maximum, also of latents with no entry kept
+    assert not out.latent_max.requires_grad
+    assert relative_difference(out.latent_max, pre.detach().amax(dim=0)) <= TOLERANCE
+
+
+def test_sparse_and_dense_steps_follow_the_same_threshold_ceiling() -> None:
+    dense, sparse = make_pair()
+    for sae in (dense, sparse):
+        sae.training_forward_pass(step_input())
+    assert torch.isfinite(dense.threshold_ceiling).all()
+    assert relative_difference(sparse.threshold_ceiling, dense.threshold_ceiling) <= TOLERANCE
 
 
 # ---- when the sparse step runs ------------------------------------------------------------------

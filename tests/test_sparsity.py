@@ -92,72 +92,84 @@ def test_quadratic_penalty_needs_target() -> None:
 TARGET = 8.0
 RATE = 0.01
 GAIN = 0.5
-START = -7.0  # log(lambda) integral, exact in float32
+LAMBDA_0 = 0.25  # lambda_0 and the integrals below are exact in float32
+START = 2.0
 
 
 def controller_step(batch_l0: float, integral: float = START) -> tuple[float, float]:
-    """(change of the integral, log of the returned lambda) after one step at ``batch_l0``."""
+    """(change of the integral, returned lambda) after one step at ``batch_l0``."""
     state = torch.tensor(integral, dtype=torch.float32)
-    coefficient = TargetL0Controller(TARGET, RATE, GAIN).step(state, torch.tensor(batch_l0))
-    return state.item() - integral, math.log(coefficient.item())
+    controller = TargetL0Controller(TARGET, RATE, GAIN, initial=LAMBDA_0)
+    coefficient = controller.step(state, torch.tensor(batch_l0))
+    return state.item() - integral, coefficient.item()
+
+
+def error_of(batch_l0: float) -> float:
+    return max(-1.0, min(1.0, math.log((batch_l0 + 0.5) / (TARGET + 0.5))))
 
 
 @pytest.mark.parametrize("batch_l0", [8.25, 9.0, 12.0, 40.0, 3000.0])
 def test_controller_raises_lambda_above_target(batch_l0: float) -> None:
-    change, log_lambda = controller_step(batch_l0)
+    change, coefficient = controller_step(batch_l0)
     assert change > 0
-    assert log_lambda > START
+    assert coefficient > LAMBDA_0 * START
 
 
 @pytest.mark.parametrize("batch_l0", [0.0, 1.0, 6.0, 7.5, 7.75])
 def test_controller_lowers_lambda_below_target(batch_l0: float) -> None:
     # 7.5 and 7.75 are below the target too: a controller that pushes lambda up there settles
     # below K (an offset of 0.5 inside the log puts the fixed point at L0 = K - 0.5).
-    change, log_lambda = controller_step(batch_l0)
+    change, coefficient = controller_step(batch_l0)
     assert change < 0
-    assert log_lambda < START
+    assert coefficient < LAMBDA_0 * START
 
 
 def test_controller_holds_lambda_at_target() -> None:
     # Integral control must have its fixed point at the target itself.
-    change, log_lambda = controller_step(TARGET)
+    change, coefficient = controller_step(TARGET)
     assert change == pytest.approx(0.0, abs=1e-7)
-    assert log_lambda == pytest.approx(START, abs=1e-6)
+    assert coefficient == pytest.approx(LAMBDA_0 * START, rel=1e-6)
 
 
-@pytest.mark.parametrize("batch_l0", [0.0, 0.5, 1.0, 7.0, 9.0, 20.0, 100.0, 1e5])
-def test_controller_step_is_bounded(batch_l0: float) -> None:
-    change, log_lambda = controller_step(batch_l0)
-    # the integral moves by at most rate, lambda by at most a factor exp(gain) around it
-    # (+ one float32 ulp of -7, 4.8e-7)
-    assert abs(change) <= RATE + 5e-7
-    assert abs(log_lambda - START) <= GAIN + 1e-6
+@pytest.mark.parametrize("batch_l0", [0.0, 1.0, 6.0, 9.0, 20.0, 1e5])
+def test_controller_is_proportional_plus_integral(batch_l0: float) -> None:
+    # Hand-computed: lambda = lambda_0 * (I + gain * e); the integral moves by
+    # rate * e * max(|I|, 1) inside the clamp and by a tenth of it outside (anti-windup).
+    e = error_of(batch_l0)
+    clamped = abs(math.log((batch_l0 + 0.5) / (TARGET + 0.5))) > 1
+    change, coefficient = controller_step(batch_l0)
+    assert coefficient == pytest.approx(LAMBDA_0 * (START + GAIN * e), rel=1e-5)
+    assert change == pytest.approx(START * RATE * e * (0.1 if clamped else 1.0), rel=1e-4, abs=1e-7)
 
 
-@pytest.mark.parametrize(("batch_l0", "sign"), [(0.0, -1.0), (1e5, 1.0)])
-def test_controller_saturates_far_from_target(batch_l0: float, sign: float) -> None:
-    # e = clamp(log(L0 / K), -1, 1) = sign: lambda = exp(I + gain * e), then the integral moves
-    # at a tenth of the rate (anti-windup).
-    change, log_lambda = controller_step(batch_l0)
-    assert change == pytest.approx(sign * RATE * 0.1, rel=1e-4)
-    assert log_lambda == pytest.approx(START + sign * GAIN, abs=1e-5)
+@pytest.mark.parametrize(
+    ("integral", "factor"), [(0.25, 1.0), (-0.5, 1.0), (40.0, 40.0), (-8.0, 8.0)]
+)
+def test_controller_integral_moves_geometrically_far_from_zero(
+    integral: float, factor: float
+) -> None:
+    change, _ = controller_step(9.0, integral=integral)
+    assert change == pytest.approx(factor * RATE * error_of(9.0), rel=1e-4)
 
 
-# Hand-computed: inside the clamp rate * e; outside it a tenth of rate * clamp(e) = 0.1 * rate.
-@pytest.mark.parametrize(("log_ratio", "change"), [(0.9, 0.9 * RATE), (1.1, 0.1 * RATE)])
+def test_controller_lambda_turns_negative_when_l0_stays_low() -> None:
+    # The reconstruction's own gradient raises thresholds; only a negative lambda lowers them.
+    change, coefficient = controller_step(0.0, integral=0.25)
+    assert coefficient == pytest.approx(LAMBDA_0 * (0.25 - GAIN), rel=1e-5)
+    assert coefficient < 0
+
+
+# Hand-computed at I = 2: inside the clamp 2 * rate * e; outside it a tenth of 2 * rate * clamp(e).
+@pytest.mark.parametrize(("log_ratio", "change"), [(0.9, 1.8 * RATE), (1.1, 0.2 * RATE)])
 def test_controller_integrates_slower_only_while_clamped(log_ratio: float, change: float) -> None:
     batch_l0 = (TARGET + 0.5) * math.exp(log_ratio) - 0.5
     assert controller_step(batch_l0)[0] == pytest.approx(change, rel=1e-3)
 
 
-@pytest.mark.parametrize(
-    ("start", "batch_l0", "bound"),
-    [(math.log(1e6), 1e5, math.log(1e6)), (math.log(1e-12), 0.0, math.log(1e-12))],
-    ids=["upper", "lower"],
-)
-def test_controller_clamps_integral(start: float, batch_l0: float, bound: float) -> None:
-    state = torch.tensor(start, dtype=torch.float32)
-    controller = TargetL0Controller(TARGET, RATE, GAIN)
+@pytest.mark.parametrize(("batch_l0", "bound"), [(1e5, 1e6), (0.0, -1e6)], ids=["upper", "lower"])
+def test_controller_clamps_integral(batch_l0: float, bound: float) -> None:
+    state = torch.tensor(bound, dtype=torch.float32)
+    controller = TargetL0Controller(TARGET, RATE, GAIN, initial=LAMBDA_0)
     for _ in range(5):
         controller.step(state, torch.tensor(batch_l0))
-    assert state.item() == pytest.approx(bound, abs=1e-5)
+    assert state.item() == bound

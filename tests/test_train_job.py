@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from sae_lens_jumprelu.cli import parse_args
@@ -150,3 +152,28 @@ def test_collect_flags_make_a_job_without_sae_options(tmp_path):
 
     job = _job(parse_args(["collect", "--out", str(tmp_path), "--site", "mlp:2", "--seed", "4"]))
     assert (job.sites, job.seed, job.sae_config) == (["mlp:2"], 4, {})
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"target_l0": [1025.0], "d_sae": 2048},
+            r"--target-l0 1025 cannot be reached.*d_sae / 2 = 1024",
+        ),
+        ({"tokens": 100, "batch_size": 256}, r"--tokens 100 is less than one batch of 256"),
+    ],
+    ids=["target-above-half", "fewer-tokens-than-a-batch"],
+)
+def test_unreachable_requests_fail_before_the_model_loads(fields, message, tmp_path, capsys):
+    from sae_lens_jumprelu.cli import main
+
+    with pytest.raises(ValueError, match=message):
+        TrainJob(**fields).check_reachable()
+    TrainJob(target_l0=[1024.0], d_sae=2048).check_reachable()  # half is still allowed
+    argv = ["train", "--out", str(tmp_path / "run"), "--model", "no-such-model"]
+    argv += ["--d-sae", str(fields.get("d_sae", 2048)), "--tokens", str(fields.get("tokens", 1000))]
+    argv += [f"--target-l0={t:g}" for t in fields.get("target_l0", [])]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()

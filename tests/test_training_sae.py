@@ -173,16 +173,19 @@ def test_target_mode_starts_lambda_in_the_units_of_the_normalisation(make_sae: M
     # MSE grows with the E||x||^2 inputs are normalised to; target mode's starting lambda with it.
     fields = {"d_in": 8, "d_sae": 16, "l0_coefficient": 2e-3}
     target = make_sae(**fields, target_l0=4, normalized_mean_squared_norm=5.0)
-    assert math.exp(target.log_l0_coefficient.item()) == pytest.approx(1e-2)
+    assert target._controller is not None
+    assert target._controller.initial == pytest.approx(1e-2)
     paper_scale = make_sae(**fields, target_l0=4, normalized_mean_squared_norm=1.0)
-    assert math.exp(paper_scale.log_l0_coefficient.item()) == pytest.approx(2e-3)
-    # A fixed lambda is the user's, and without normalisation the scale does not apply.
-    fixed = make_sae(**fields, normalized_mean_squared_norm=5.0)
-    assert math.exp(fixed.log_l0_coefficient.item()) == pytest.approx(2e-3)
+    assert paper_scale._controller is not None
+    assert paper_scale._controller.initial == pytest.approx(2e-3)
+    # Without normalisation the scale does not apply.
     raw = make_sae(
         **fields, target_l0=4, normalized_mean_squared_norm=5.0, normalize_to_unit_mean_square=False
     )
-    assert math.exp(raw.log_l0_coefficient.item()) == pytest.approx(2e-3)
+    assert raw._controller is not None
+    assert raw._controller.initial == pytest.approx(2e-3)
+    # A fixed lambda is the user's: no controller.
+    assert make_sae(**fields, normalized_mean_squared_norm=5.0)._controller is None
 
 
 # ---- checkpoints and legacy weights -------------------------------------------------------------
@@ -194,7 +197,8 @@ def test_checkpoint_round_trip(
 ) -> None:
     sae = make_sae(d_in=8, d_sae=16, target_l0=4, **params)
     randomise(sae)
-    sae.log_l0_coefficient.fill_(-3.25)
+    sae.l0_coefficient_integral.fill_(-3.25)
+    sae.threshold_ceiling.copy_(torch.linspace(0.5, 2.0, 16))
     sae.save_model(tmp_path)
 
     loaded = TrainingSAE.load_from_disk(tmp_path)
@@ -204,7 +208,8 @@ def test_checkpoint_round_trip(
     assert loaded.threshold_raw.dtype == torch.float32
     assert torch.equal(loaded.input_scale, sae.input_scale)
     assert not bool(loaded.input_scale_pending)
-    assert loaded.log_l0_coefficient.item() == -3.25
+    assert loaded.l0_coefficient_integral.item() == -3.25
+    assert torch.equal(loaded.threshold_ceiling, sae.threshold_ceiling)
     x = torch.randn(32, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), sae(x))
@@ -265,7 +270,7 @@ def test_sae_lens_jumprelu_state_dict_loads_with_same_outputs(
 def test_float32_state_survives_dtype_cast(make_sae: MakeSAE) -> None:
     sae = make_sae().to(torch.bfloat16)
     assert sae.W_enc.dtype == torch.bfloat16
-    for name in ("threshold_raw", "input_scale", "log_l0_coefficient"):
+    for name in ("threshold_raw", "input_scale", "l0_coefficient_integral", "threshold_ceiling"):
         assert getattr(sae, name).dtype == torch.float32, name
 
 
@@ -552,6 +557,71 @@ def test_losses_and_grads_match_sae_lens_jumprelu_trainer(
     torch.testing.assert_close(sae.threshold_raw.grad, ref.threshold.grad, rtol=1e-4, atol=1e-6)
 
 
+# ---- threshold ceiling --------------------------------------------------------------------------
+
+
+def test_threshold_ceiling_is_a_moving_average_never_below_the_batch_max(
+    make_sae: MakeSAE, make_step_input: MakeStepInput
+) -> None:
+    sae = make_sae(d_in=4, d_sae=8, threshold_ceiling_decay=0.75)
+    randomise(sae)
+    assert torch.isinf(sae.threshold_ceiling).all()  # no ceiling before the first batch
+    torch.manual_seed(3)
+    first, second = torch.randn(16, 4), torch.randn(16, 4) * 1.5
+    sae.training_forward_pass(make_step_input(first))  # sets input_scale on this batch
+    with torch.no_grad():
+        max_first = sae.encode_with_hidden_pre(first)[1].amax(dim=0)
+        max_second = sae.encode_with_hidden_pre(second)[1].amax(dim=0)
+    torch.testing.assert_close(sae.threshold_ceiling, max_first)
+    sae.training_forward_pass(make_step_input(second))
+    average = 0.75 * max_first + 0.25 * max_second
+    # both cases occur: latents whose average stays above this batch's max, and the others
+    assert (average > max_second).any() and (average < max_second).any()
+    torch.testing.assert_close(sae.threshold_ceiling, average.maximum(max_second))
+
+
+@pytest.mark.parametrize("params", PARAMETRIZATIONS)
+def test_thresholds_are_pulled_under_the_ceiling(
+    make_sae: MakeSAE, make_step_input: MakeStepInput, params: dict[str, Any]
+) -> None:
+    # A threshold above every input is the dead latent the ceiling exists for.
+    sae = make_sae(d_in=4, d_sae=8, **params)
+    randomise(sae)
+    sae.set_threshold(torch.full((8,), 50.0))
+    x = torch.randn(64, 4)
+    sae.training_forward_pass(make_step_input(x))
+    sae.project_constraints()
+    ceiling = sae.threshold_ceiling
+    assert (ceiling > 0).any()
+    expected = ceiling.clamp(min=0.0 if params.get("threshold_parametrization") != "log" else 1e-30)
+    torch.testing.assert_close(sae.threshold, expected, rtol=1e-6, atol=0)
+    with torch.no_grad():  # latents with a positive maximum reach their threshold again
+        reach = sae.encode_with_hidden_pre(x)[1].amax(dim=0) >= sae.threshold - 1e-5
+    assert reach[ceiling > 0].all()
+
+
+def test_no_ceiling_leaves_thresholds_alone(
+    make_sae: MakeSAE, make_step_input: MakeStepInput
+) -> None:
+    sae = make_sae(d_in=4, d_sae=8, threshold_ceiling_decay=None)
+    sae.set_threshold(torch.full((8,), 50.0))
+    sae.training_forward_pass(make_step_input(torch.randn(64, 4)))
+    sae.project_constraints()
+    assert (sae.threshold == 50.0).all()
+    assert torch.isinf(sae.threshold_ceiling).all()
+
+
+def test_legacy_log_lambda_checkpoint_keeps_its_lambda(make_sae: MakeSAE, tmp_path: Path) -> None:
+    # Checkpoints before the signed controller stored log(lambda); loading keeps lambda.
+    sae = make_sae(d_in=4, d_sae=8, target_l0=2, l0_coefficient=0.5)
+    state = {k: v for k, v in sae.state_dict().items() if k not in ("l0_coefficient_integral",)}
+    state.pop("threshold_ceiling")
+    state["log_l0_coefficient"] = torch.tensor(math.log(0.125))
+    sae.process_state_dict_for_loading(state)
+    assert state["l0_coefficient_integral"].item() == pytest.approx(0.25)  # 0.125 / 0.5
+    assert torch.isinf(state["threshold_ceiling"]).all()
+
+
 # ---- training behaviour (slow) ------------------------------------------------------------------
 
 
@@ -566,9 +636,6 @@ def test_target_mode_reaches_target_l0(target_l0: float) -> None:
             d_sae=128,
             target_l0=target_l0,
             l0_coefficient=1e-3,
-            # lambda has to grow ~10-25x from 1e-3; at the default 0.01 per step that alone
-            # takes 250-300 steps
-            target_l0_rate=0.05,
             threshold_lr_scale=10.0,
             init_b_dec_to_mean=True,
         )

@@ -155,6 +155,8 @@ tokenized dataset made from the embedded text.""",
         (
             "code",
             """\
+from dataclasses import replace
+
 from datasets import Dataset
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 
@@ -163,12 +165,13 @@ from sae_lens_jumprelu.recipes import SHORT_BUDGET
 
 corpus = load_token_corpus(model.tokenizer, None, train_tokens=20_000, context_size=128)
 dataset = Dataset.from_dict({"tokens": corpus.train.tolist()})
-runner_kwargs = {**SHORT_BUDGET.runner_kwargs(), "train_batch_size_tokens": 1024}
+recipe = replace(SHORT_BUDGET, batch_size=1024)
 cfg = LanguageModelSAERunnerConfig(
-    sae=SHORT_BUDGET.sae_config(d_in=site.d_in, d_sae=1024, target_l0=16),
-    **runner_kwargs,
+    sae=recipe.sae_config(d_in=site.d_in, d_sae=1024, target_l0=16),
+    # lr, Adam betas, batch size, and the warm-up and decay steps for a run of this length
+    **recipe.runner_kwargs(training_tokens=16 * 1024),
     model_name=model.cfg.model_name, hook_name=site.hook_name, dataset_path="embedded",
-    is_dataset_tokenized=True, context_size=128, training_tokens=16 * 1024,
+    is_dataset_tokenized=True, context_size=128,
     store_batch_size_prompts=8, n_batches_in_buffer=8, device=DEVICE,
     logger=LoggingConfig(log_to_wandb=False), output_path="tutorial-01-runner",
     checkpoint_path=None,
