@@ -470,7 +470,8 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         if self.cfg.threshold_ceiling_decay is not None:
             # Without it, thresholds step past every input (a step of lr * threshold_lr_scale is
             # 3x the bandwidth, and Adam's momentum carries on with no gradient left): 86% of
-            # latents died at target 32, 1.4% with it (Gemma 3 270M layer 6, 2026-12-02).
+            # latents died at target 32, 3.0% with it (Gemma 3 270M layer 6, batch 256,
+            # 2026-12-02, docs/results.md).
             ceiling = self._raw_from_threshold(self.threshold_ceiling.clamp(min=0.0))
             self.threshold_raw.copy_(torch.minimum(self.threshold_raw, ceiling))
         if self.cfg.threshold_parametrization == "linear":
