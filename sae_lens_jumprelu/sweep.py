@@ -30,6 +30,7 @@ from sae_lens_jumprelu.activations import (
 )
 from sae_lens_jumprelu.architectures import ARCHITECTURES, Architecture, get_architecture
 from sae_lens_jumprelu.atomic import write_dir_atomic
+from sae_lens_jumprelu.convert.sae_lens_format import fold_saved_decoder_norms
 from sae_lens_jumprelu.corpus import TokenCorpus
 from sae_lens_jumprelu.evals import evaluate_saes
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
@@ -313,7 +314,13 @@ def set_normalisation(
 
 
 def _save(sae: TrainingSAE[Any], path: Path) -> Path:
-    """SAELens inference format, written beside and renamed into place."""
+    """SAELens inference format with unit-norm decoder rows where that is exact (not TopK),
+    written beside and renamed into place."""
+
+    def write(tmp: Path) -> None:
+        sae.save_inference_model(tmp)
+        fold_saved_decoder_norms(tmp)
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_dir_atomic(path, sae.save_inference_model, overwrite=True)
+    write_dir_atomic(path, write, overwrite=True)
     return path

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from sae_lens_jumprelu.config import JumpReLUSTETrainingSAEConfig
+from sae_lens_jumprelu.convert.weights import decoder_norms
 from sae_lens_jumprelu.grad_control import GradientGuard
 from sae_lens_jumprelu.sparse_step import (
     entry_density,
@@ -523,12 +524,18 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
 
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        """Raw input units and unit-norm decoder rows (what Gemma Scope releases and SAEBench
+        expect): latent i's output is scaled by ``||d_i||`` and its row divided by it, so the
+        function and the active set are unchanged. Folded in float32 and rounded once, so a bf16
+        SAE loses no more than its own precision."""
         scale = self.input_scale
-        # Folded in float32 and rounded once, so a bf16 SAE loses no more than its own precision.
-        state_dict["W_enc"] = (self.W_enc.detach().float() * scale).to(self.dtype)
-        state_dict["W_dec"] = (self.W_dec.detach().float() / scale).to(self.dtype)
+        W_dec = self.W_dec.detach().float() / scale
+        norms = decoder_norms(W_dec).float()
+        state_dict["W_enc"] = (self.W_enc.detach().float() * scale * norms).to(self.dtype)
+        state_dict["b_enc"] = (self.b_enc.detach().float() * norms).to(self.dtype)
+        state_dict["W_dec"] = (W_dec / norms[:, None]).to(self.dtype)
         state_dict["b_dec"] = (self.b_dec.detach().float() / scale).to(self.dtype)
-        state_dict["threshold"] = self.threshold.detach().clamp(min=0.0)
+        state_dict["threshold"] = self.threshold.detach().clamp(min=0.0) * norms
         for name in _TRAINING_ONLY_STATE:
             state_dict.pop(name, None)
 

@@ -69,9 +69,11 @@ def test_round_trip_a_b_a(tmp_path: Path, kind: str, via: str) -> None:
     assert type(a) is type(a2) and detect_format(back) == detect_format(src)
     result = verify(a, a2)
     assert result.unexplained_mismatches == 0 and result.exact(1e-5), result.summary()
+    # every written SAE has unit-norm decoder rows (the fixtures' rows are not unit)
+    torch.testing.assert_close(a2.W_dec.norm(dim=-1), torch.ones(a2.d_sae))
     if isinstance(a, JumpReLUWeights):
         assert isinstance(a2, JumpReLUWeights)
-        a = a.with_b_dec_applied(a2.apply_b_dec_to_input)
+        a = a.with_b_dec_applied(a2.apply_b_dec_to_input).with_unit_decoder()
         for name, tensor in a.state_dict().items():
             torch.testing.assert_close(getattr(a2, name), tensor, rtol=1e-6, atol=1e-6)
 
@@ -217,3 +219,44 @@ def test_round_trips_over_random_shapes_dtypes_and_biases(
         convert(mid, back, SOURCES[kind], n_inputs=64)
         result = verify(load(src), load(back), n_inputs=64, seed=seed)
         assert result.unexplained_mismatches == 0 and result.exact(1e-5), result.summary()
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "gated", "topk"])
+def test_saved_sae_lens_sae_gets_unit_decoder_rows_where_exact(tmp_path: Path, arch: str) -> None:
+    from sae_lens import (
+        SAE,
+        GatedSAE,
+        GatedSAEConfig,
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
+
+    from sae_lens_jumprelu.convert.sae_lens_format import fold_saved_decoder_norms
+
+    make = {
+        "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(d_in=6, d_sae=10)),
+        "gated": lambda: GatedSAE(GatedSAEConfig(d_in=6, d_sae=10)),
+        "topk": lambda: TopKSAE(TopKSAEConfig(d_in=6, d_sae=10, k=3)),
+    }
+    torch.manual_seed(0)
+    sae = make[arch]()
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        sae.W_dec.mul_(torch.linspace(0.5, 4.0, 10)[:, None])
+    sae.save_model(tmp_path)
+    before = (tmp_path / "sae_weights.safetensors").read_bytes()
+    assert fold_saved_decoder_norms(tmp_path) is (arch != "topk")
+    loaded = SAE.load_from_disk(tmp_path)
+    x = torch.randn(256, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), sae(x), rtol=1e-5, atol=1e-5)
+        assert torch.equal(loaded.encode(x) != 0, sae.encode(x) != 0)
+        assert (sae.encode(x) != 0).any()
+    if arch == "topk":
+        assert (tmp_path / "sae_weights.safetensors").read_bytes() == before
+    else:
+        torch.testing.assert_close(loaded.W_dec.norm(dim=-1), torch.ones(10))
+        assert fold_saved_decoder_norms(tmp_path) is False  # already unit: nothing rewritten

@@ -91,28 +91,37 @@ def test_saved_inference_model_matches_sae_lens_jumprelu(
     assert json.loads((tmp_path / "cfg.json").read_text())["architecture"] == "jumprelu"
     loaded = sae_lens.SAE.load_from_disk(tmp_path)
     assert type(loaded) is JumpReLUSAE
+    torch.testing.assert_close(loaded.W_dec.norm(dim=-1), torch.ones(16))
 
     with torch.no_grad():
         acts, ref_acts = sae.encode(x), loaded.encode(x)
         assert_some_active_some_not(ref_acts)
         assert torch.equal(acts != 0, ref_acts != 0)
-        torch.testing.assert_close(acts, ref_acts, rtol=1e-5, atol=1e-6)
+        # each saved latent is scaled by its raw decoder norm, its row divided by it
+        norms = (sae.W_dec / sae.input_scale).norm(dim=-1)
+        torch.testing.assert_close(acts * norms, ref_acts, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sae(x), loaded(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(sae.decode(acts), loaded.decode(ref_acts), rtol=1e-5, atol=1e-5)
 
 
 def test_saved_inference_weights_are_hand_scaled(make_sae: MakeSAE, tmp_path: Path) -> None:
-    # The weights live in normalised units (x * s); the saved "jumprelu" takes raw x:
-    # W_enc * s, W_dec / s, b_dec / s, and theta unchanged (pre-activations are identical).
-    sae = make_sae()
+    # The weights live in normalised units (x * s); the saved "jumprelu" takes raw x with unit
+    # decoder rows: with n_i = ||d_i|| / s, W_enc[:, i] * s * n_i, b_enc_i * n_i, theta_i * n_i,
+    # d_i / (s * n_i) and b_dec / s.
+    sae = make_sae(d_in=4, d_sae=3)
     randomise(sae, input_scale=0.5)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[3.0, 0, 0, 4], [0, 0.5, 0, 0], [0, 0, 0, 0]]))
+    n = torch.tensor([10.0, 1.0, 1.0])  # ||d_i|| / 0.5; a zero row is left alone
     sae.save_inference_model(tmp_path)
     loaded = sae_lens.SAE.load_from_disk(tmp_path)
-    torch.testing.assert_close(loaded.W_enc, sae.W_enc.detach() * 0.5)
-    torch.testing.assert_close(loaded.W_dec, sae.W_dec.detach() * 2.0)
+    torch.testing.assert_close(
+        loaded.W_dec, torch.tensor([[0.6, 0, 0, 0.8], [0, 1.0, 0, 0], [0] * 4])
+    )
+    torch.testing.assert_close(loaded.W_enc, sae.W_enc.detach() * 0.5 * n)
+    torch.testing.assert_close(loaded.b_enc, sae.b_enc.detach() * n)
+    torch.testing.assert_close(loaded.threshold, sae.threshold.detach() * n)
     torch.testing.assert_close(loaded.b_dec, sae.b_dec.detach() * 2.0)
-    torch.testing.assert_close(loaded.b_enc, sae.b_enc.detach())
-    torch.testing.assert_close(loaded.threshold, sae.threshold.detach())
     assert set(loaded.state_dict()) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
 
 
@@ -384,7 +393,8 @@ def test_trained_sae_saves_weights_for_raw_activations(
     x = torch.randn(64, 8) * 4.0 + 2.0
     with torch.no_grad():
         assert_some_active_some_not(loaded.encode(x))
-        torch.testing.assert_close(loaded.encode(x), sae.encode(x), rtol=1e-5, atol=1e-5)
+        norms = (sae.W_dec / sae.input_scale).norm(dim=-1)  # folded into the saved latents
+        torch.testing.assert_close(loaded.encode(x), sae.encode(x) * norms, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(loaded(x), sae(x), rtol=1e-5, atol=1e-5)
 
 

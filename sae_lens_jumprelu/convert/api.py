@@ -143,14 +143,15 @@ def convert_weights(
     apply_b_dec_to_input: bool | None = None,
     allow_inexact: bool = False,
 ) -> Converted:
-    """The in-memory conversion: ``src`` as the weights of target ``to``."""
+    """The in-memory conversion: ``src`` as the weights of target ``to``, with unit-norm
+    decoder rows (the same function; what Gemma Scope releases and SAEBench expect)."""
     if to not in TARGETS:
         raise ConversionError(f"unknown target {to!r}; choose one of {sorted(TARGETS)}")
     if to == "gemma-scope":
         apply_b_dec_to_input = False  # Gemma Scope never subtracts b_dec
     if isinstance(src, GatedWeights) and to in ("gated", "sae-lens"):
         flag = src.apply_b_dec_to_input if apply_b_dec_to_input is None else apply_b_dec_to_input
-        return Converted(gated_with_b_dec_applied(src, flag), [], [])
+        return Converted(gated_with_b_dec_applied(src, flag).with_unit_decoder(), [], [])
     clamped: list[int] = []
     issues: list[Inexactness] = []
     if isinstance(src, GatedWeights):
@@ -158,6 +159,7 @@ def convert_weights(
         jr, clamped, issues = imported.weights, imported.clamped, imported.issues
     else:
         jr = src
+    jr = jr.with_unit_decoder()
     if to == "gated":
         return Converted(jumprelu_to_gated(jr, apply_b_dec_to_input), clamped, issues)
     if apply_b_dec_to_input is not None:

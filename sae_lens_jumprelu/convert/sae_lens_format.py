@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens import SAE
 from sae_lens.saes.gated_sae import GatedSAE, GatedSAEConfig
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from safetensors import SafetensorError
@@ -127,6 +128,23 @@ def to_sae_lens_sae(weights: JumpReLUWeights | GatedWeights) -> JumpReLUSAE | Ga
         sae = JumpReLUSAE(JumpReLUSAEConfig.from_dict(cfg_dict))
     sae.load_state_dict(weights.state_dict())
     return sae
+
+
+def fold_saved_decoder_norms(directory: Path) -> bool:
+    """Rewrite the SAELens SAE in ``directory`` with unit-norm decoder rows, by SAELens's own
+    ``fold_W_dec_norm`` (the same function and active set). Returns False, writing nothing, when
+    the rows are already unit or the fold is not exact for the architecture (TopK, whose top-k
+    choice changes when latents are rescaled)."""
+    sae = SAE.load_from_disk(directory)
+    norms = sae.W_dec.detach().norm(dim=-1)
+    if torch.allclose(norms, torch.ones_like(norms), rtol=0, atol=1e-5):
+        return False
+    try:
+        sae.fold_W_dec_norm()
+    except NotImplementedError:
+        return False
+    sae.save_model(directory)
+    return True
 
 
 def write_sae_lens(weights: JumpReLUWeights | GatedWeights, directory: Path) -> None:

@@ -6,6 +6,8 @@ decoder bias and columns. A latent that is active on one side only counts as a r
 when its pre-activation is within the float rounding bound of the threshold (a dot product of
 length d_in: (d_in + 4) * eps * (|x| @ |W_enc| + |b_dec| @ |W_enc| + |b_enc| + theta)); rows with
 such a mismatch are left out of the max differences, and any other mismatch is reported.
+Latents are compared as their contributions ``f_i * ||d_i||``, so that an SAE and its unit-norm
+fold (SAELens's ``fold_W_dec_norm``, which every export applies) compare equal.
 Relative differences are taken against the magnitude of the summands (|x'| @ |W_enc| + |b_enc|
 for the latents, |f| @ |W_dec| + |b_dec| for the reconstruction), the scale float rounding is
 proportional to, so an output that cancels to near 0 does not inflate them.
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from sae_lens_jumprelu.convert.gated import gated_to_jumprelu
 from sae_lens_jumprelu.convert.sae_lens_format import to_sae_lens_sae
-from sae_lens_jumprelu.convert.weights import GatedWeights, JumpReLUWeights
+from sae_lens_jumprelu.convert.weights import GatedWeights, JumpReLUWeights, decoder_norms
 
 AnyWeights = JumpReLUWeights | GatedWeights
 
@@ -33,9 +35,9 @@ class Verification:
     n_inputs: int
     """Number of input rows compared (half Gaussian, half heavy-tailed)."""
     max_abs_encode: float
-    """Max |f_src - f_dst| over latents and rows without a rounding mismatch."""
+    """Max |f_src ||d_src|| - f_dst ||d_dst||| over latents, rows without a rounding mismatch."""
     max_rel_encode: float
-    """Max over rows of ||f_src - f_dst||_inf / ||(|x'| @ |W_enc| + |b_enc|)||_inf (same rows)."""
+    """Max over rows of that inf-norm / ||(|x'| @ |W_enc| + |b_enc|) ||d_src|| ||_inf."""
     max_abs_forward: float
     """Max |x_hat_src - x_hat_dst| (same rows)."""
     max_rel_forward: float
@@ -45,7 +47,7 @@ class Verification:
     unexplained_mismatches: int
     """(row, latent) pairs active on one side only and not explained by rounding."""
     per_latent_max_abs: Float[Tensor, " d_sae"]
-    """Max |f_src - f_dst| per latent over all rows (used to report inexact latents)."""
+    """Max contribution difference per latent over all rows (used to report inexact latents)."""
 
     def exact(self, rel_tol: float) -> bool:
         """No unexplained mismatch and relative differences within ``rel_tol``."""
@@ -117,9 +119,14 @@ def verify(src: AnyWeights, dst: AnyWeights, n_inputs: int = 512, seed: int = 0)
     mismatch = (f_src > 0) != (f_dst > 0)  # [n, d_sae]
     near = torch.zeros_like(mismatch)
     src_jr = as_jumprelu(src)
+    norm_src, norm_dst = decoder_norms(src.W_dec), decoder_norms(dst.W_dec)
+    f_src, f_dst = f_src * norm_src, f_dst * norm_dst
     x_in = x.double() - (src_jr.b_dec.double() if src_jr.apply_b_dec_to_input else 0.0)
-    enc_scale = x_in.abs() @ src_jr.W_enc.double().abs() + src_jr.b_enc.double().abs()
-    dec_scale = f_src.abs() @ src_jr.W_dec.double().abs() + src_jr.b_dec.double().abs()
+    enc_scale = (x_in.abs() @ src_jr.W_enc.double().abs() + src_jr.b_enc.double().abs()) * norm_src
+    dec_scale = (
+        f_src.abs() @ (src_jr.W_dec.double().abs() / norm_src[:, None])
+        + src_jr.b_dec.double().abs()
+    )
     for w in (src_jr, as_jumprelu(dst)):
         pre, bound = _rounding_band(w, x)
         near |= (pre - w.threshold.double()).abs() <= bound

@@ -50,6 +50,12 @@ def _encoder_dims(W_enc: Tensor, source: str) -> tuple[int, int]:
     return W_enc.shape[0], W_enc.shape[1]
 
 
+def decoder_norms(W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, " d_sae"]:
+    """``||d_i||`` in float64; a zero row gets 1, so folding leaves it (and its latent) alone."""
+    norms = W_dec.double().norm(dim=-1)
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
 @dataclass(frozen=True)
 class JumpReLUWeights:
     """A JumpReLU SAE's weights plus the facts needed to run it; validated on construction."""
@@ -119,6 +125,19 @@ class JumpReLUWeights:
         b_enc = (self.b_enc.double() - sign * shift).to(self.dtype)
         return replace(self, b_enc=b_enc, apply_b_dec_to_input=apply_b_dec_to_input)
 
+    def with_unit_decoder(self) -> JumpReLUWeights:
+        """The same function with unit-norm decoder rows, as SAELens's ``fold_W_dec_norm``:
+        latent i's W_enc column, b_enc and threshold times ``||d_i||``, its row divided by it
+        (float64, one rounding). The active set is unchanged; zero rows stay as they are."""
+        norms = decoder_norms(self.W_dec)
+        return replace(
+            self,
+            W_enc=(self.W_enc.double() * norms).to(self.dtype),
+            b_enc=(self.b_enc.double() * norms).to(self.dtype),
+            W_dec=(self.W_dec.double() / norms[:, None]).to(self.dtype),
+            threshold=(self.threshold.double() * norms).to(self.threshold.dtype),
+        )
+
     def to(self, dtype: torch.dtype) -> JumpReLUWeights:
         """A copy with every tensor (threshold included) cast to ``dtype``."""
         cast = {k: getattr(self, k).to(dtype) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
@@ -173,6 +192,19 @@ class GatedWeights:
     @property
     def d_sae(self) -> int:
         return int(self.W_enc.shape[1])
+
+    def with_unit_decoder(self) -> GatedWeights:
+        """The same function with unit-norm decoder rows: the gate and the magnitude of latent i
+        scale by ``||d_i||`` (W_enc, b_gate and b_mag; r_mag is a ratio and stays)."""
+        norms = decoder_norms(self.W_dec)
+        dtype = self.W_enc.dtype
+        return replace(
+            self,
+            W_enc=(self.W_enc.double() * norms).to(dtype),
+            b_gate=(self.b_gate.double() * norms).to(dtype),
+            b_mag=(self.b_mag.double() * norms).to(dtype),
+            W_dec=(self.W_dec.double() / norms[:, None]).to(dtype),
+        )
 
     def state_dict(self) -> dict[str, Tensor]:
         """SAELens "gated" state dict."""
