@@ -11,6 +11,7 @@ the rest: no token is duplicated or lost.
 
 import json
 import math
+import re
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -91,14 +92,41 @@ def write_activation_cache(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stray in out.glob(".*.tmp-*"):
-        stray.unlink()  # a shard or manifest whose write was interrupted
+        if _is_own_temp(stray.name):
+            stray.unlink()  # a shard or manifest whose write was interrupted
     identity = spec.identity(model.cfg.dtype)
     manifest = _start_manifest(out, identity)
-    if held_out is not None and not (out / HELD_OUT).exists():
-        _atomic_write(out / HELD_OUT, save({"tokens": held_out.contiguous()}))
+    if held_out is not None:
+        manifest["held_out"] = _write_held_out(out, manifest.get("held_out"), held_out)
     n_shards = math.ceil(contexts.shape[0] / spec.contexts_per_shard)
-    done = {entry["index"]: entry for entry in manifest["shards"] if _shard_ok(out, entry)}
-    damaged = [e["file"] for e in manifest["shards"] if e["index"] not in done]
+    # A shard counts as done only if it holds the contexts it would hold in a fresh collect of
+    # this size: a larger --tokens re-collects the old partial last shard instead of leaving a
+    # gap after it.
+    grown_from = [e["file"] for e in manifest["shards"] if e["index"] >= n_shards]
+    if grown_from:
+        raise ActivationCacheError(
+            f"{out} holds more contexts than asked for ({grown_from[0]} and after): a cache is "
+            "only extended; ask for at least its own --tokens, or collect into a new --out"
+        )
+    expected = {
+        i: [i * spec.contexts_per_shard, min((i + 1) * spec.contexts_per_shard, len(contexts))]
+        for i in range(n_shards)
+    }
+    done = {
+        entry["index"]: entry
+        for entry in manifest["shards"]
+        if entry["contexts"] == expected.get(entry["index"]) and _shard_ok(out, entry)
+    }
+    regrown = [e["file"] for e in manifest["shards"] if e["index"] not in done
+               and e["contexts"] != expected.get(e["index"])]  # fmt: skip
+    damaged = [e["file"] for e in manifest["shards"] if e["index"] not in done
+               and e["file"] not in regrown]  # fmt: skip
+    if regrown:
+        warnings.warn(
+            f"re-collecting {regrown}: their contexts differ from a collect of this size "
+            f"({len(contexts)} contexts)",
+            stacklevel=2,
+        )
     if damaged:
         warnings.warn(f"re-collecting damaged or missing shards {damaged}", stacklevel=2)
     todo = [index for index in range(n_shards) if index not in done]
@@ -119,6 +147,14 @@ def _start_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
             raise ActivationCacheError(
                 f"{out} has shards but no {MANIFEST}: it is not a cache this tool can extend; "
                 "choose an empty directory"
+            )
+        others = sorted(
+            p.name for p in out.iterdir() if p.name != HELD_OUT and not _is_own_temp(p.name)
+        )
+        if others:
+            raise ActivationCacheError(
+                f"{out} is not empty and not a cache (it holds {others[:3]}): collect writes "
+                "into a new or empty directory, or extends a cache it wrote; choose another --out"
             )
         return {"format": FORMAT, "version": VERSION, **identity, "shards": []}
     manifest = _read_manifest(out)
@@ -180,6 +216,23 @@ def _collect_shard(
     }
 
 
+def _write_held_out(
+    out: Path, entry: dict[str, Any] | None, held_out: Int[Tensor, "n context"]
+) -> dict[str, Any]:
+    """The held-out tokens of this collect, rewritten when the file is missing, damaged or
+    holds other tokens (a collect of another size holds out other documents, which would
+    otherwise overlap the new training contexts); its manifest entry (size and CRC32)."""
+    data = save({"tokens": held_out.contiguous()})
+    new = {"file": HELD_OUT, "bytes": len(data), "crc32": zlib.crc32(data)}
+    if entry != new or not _shard_ok(out, new):
+        if (out / HELD_OUT).exists():
+            warnings.warn(
+                f"rewriting {out / HELD_OUT}: it differs from this collect's", stacklevel=3
+            )
+        _atomic_write(out / HELD_OUT, data)
+    return new
+
+
 def _shard_ok(out: Path, entry: dict[str, Any]) -> bool:
     path = out / entry["file"]
     if not path.exists() or path.stat().st_size != entry["bytes"]:
@@ -219,7 +272,24 @@ def _read_manifest(out: Path) -> dict[str, Any]:
             f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
             f"expected {FORMAT!r} version {VERSION}"
         )
+    missing = [key for key in ("shards", *_IDENTITY_KEYS) if key not in manifest]
+    if missing:
+        raise ActivationCacheError(
+            f"{path} lacks {missing}: the cache's manifest is damaged or edited; collect into a "
+            "new --out"
+        )
     return manifest
+
+
+def _is_own_temp(name: str) -> bool:
+    """A temporary name ``write_file_atomic`` gave one of the cache's own files (never a
+    user's file that merely looks alike, such as ``.notes.tmp-2024``)."""
+    own = re.fullmatch(r"\.(.+)\.tmp-[A-Za-z0-9_]+(\.[a-z]+)?", name)
+    if own is None:
+        return False
+    target = own.group(1)
+    shard = re.fullmatch(r"shard_\d+\.safetensors", target)
+    return target in (MANIFEST, HELD_OUT) or shard is not None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -253,8 +323,23 @@ class ActivationCache:
         return self.manifest["mean_squared_norm"][hook_name]
 
     def held_out_tokens(self) -> Tensor | None:
-        path = self.path / HELD_OUT
-        return load(path.read_bytes())["tokens"] if path.exists() else None
+        """The held-out contexts, checked against the manifest's size and CRC32; None for a
+        cache written without them."""
+        path, entry = self.path / HELD_OUT, self.manifest.get("held_out")
+        if entry is None:  # written before the manifest listed it: readable or not
+            if not path.exists():
+                return None
+            entry = {"file": HELD_OUT, "bytes": path.stat().st_size, "crc32": None}
+            try:
+                return load(path.read_bytes())["tokens"]
+            except (SafetensorError, KeyError):
+                pass
+        if entry["crc32"] is None or not _shard_ok(self.path, entry):
+            raise ActivationCacheError(
+                f"{path} is missing or damaged (size or CRC32 differs from the manifest); "
+                "run the same `sae-jumprelu collect` again: it rewrites it"
+            )
+        return load(path.read_bytes())["tokens"]
 
     def read_shard(self, entry: dict[str, Any], hook_names: list[str]) -> SiteBatch:
         path = self.path / entry["file"]

@@ -94,7 +94,11 @@ def peek_mean_squared_norms(
     """E||x||^2 per hook over the first ``n_batches``, and the stream with them still in it."""
     head = list(islice(batches, n_batches))
     if not head:
-        raise ValueError("the activation stream is empty: no tokens to train on")
+        raise ValueError(
+            "no full batch of activations to train on: the text or cache holds fewer tokens "
+            "than one --batch-size (after special tokens are dropped); give more --tokens or a "
+            "smaller --batch-size"
+        )
     norms = {hook: mean_squared_norm([batch[hook] for batch in head]) for hook in head[0]}
     return norms, chain(head, batches)
 

@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--d-sae", type=int, default=512, help="number of latents")
     demo.add_argument("--recipe", choices=sorted(RECIPES), default="short_budget")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     _add_train_parsers(commands)
     _add_sweep_parser(commands)
     _add_convert_parser(commands)
@@ -201,6 +204,11 @@ def _add_sae_flags(sub: argparse.ArgumentParser, defaults: Any) -> None:
     """What ``train`` and ``sweep`` train on and with."""
     sub.add_argument("--out", type=Path, default=defaults.out)
     sub.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out once the new output is complete (refused without it)",
+    )
+    sub.add_argument(
         "--activations",
         type=Path,
         default=None,
@@ -226,7 +234,7 @@ def _add_sae_flags(sub: argparse.ArgumentParser, defaults: Any) -> None:
     )
     sub.add_argument(
         "--lr",
-        type=float,
+        type=_positive_float,
         default=defaults.lr,
         help="learning rate (default: the recipe's)"
         if defaults.lr is None
@@ -276,6 +284,13 @@ def _config_item(text: str) -> tuple[str, Any]:
         return name.strip(), json.loads(value)
     except json.JSONDecodeError:
         return name.strip(), value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -370,6 +385,11 @@ def _add_eval_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPars
         help=f"tokens per context (default: the SAE's metadata, else {DEFAULT_CONTEXT_SIZE})",
     )
     ev.add_argument("--out", type=Path, default=defaults.out, help="output directory")
+    ev.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out once the new report is complete (refused without it)",
+    )
     ev.add_argument("--device", default=defaults.device)
     ev.add_argument(
         "--dtype",
@@ -395,31 +415,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if getattr(args, "steps", 1) <= 0:
         raise SystemExit("sae-jumprelu: --steps must be positive")
+    if args.command == "demo" and not (args.target_l0 > 0 and 0 < args.target_l0 < args.d_sae):
+        raise SystemExit(
+            f"sae-jumprelu demo: --target-l0 must be in (0, --d-sae); got {args.target_l0:g} "
+            f"with --d-sae {args.d_sae}"
+        )
     if getattr(args, "n_inputs", 2) <= 1:
         raise SystemExit("sae-jumprelu: --n-inputs must be at least 2")
     return args
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.convert import ConversionError, convert
+    from sae_lens_jumprelu.convert import convert
 
     apply = None if args.apply_b_dec_to_input is None else args.apply_b_dec_to_input == "true"
-    try:
-        result = convert(
-            args.src,
-            args.dst,
-            args.to,
-            allow_inexact=args.allow_inexact,
-            overwrite=args.overwrite,
-            apply_b_dec_to_input=apply,
-            release_path=args.release_path,
-            hook_name=args.hook_name,
-            d_in=args.d_in,
-            n_inputs=args.n_inputs,
-        )
-    except (ConversionError, OSError) as e:  # OSError: existing DST, missing dir, permissions
-        sys.stderr.write(f"sae-jumprelu convert: error: {e}\n")
-        return 2
+    result = convert(
+        args.src,
+        args.dst,
+        args.to,
+        allow_inexact=args.allow_inexact,
+        overwrite=args.overwrite,
+        apply_b_dec_to_input=apply,
+        release_path=args.release_path,
+        hook_name=args.hook_name,
+        d_in=args.d_in,
+        n_inputs=args.n_inputs,
+    )
     out = sys.stdout
     out.write(f"{args.src} ({result.source_format}) -> {args.dst} ({result.target})\n")
     if result.clamped:
@@ -541,49 +562,63 @@ def run_dashboard_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.command == "convert":
-        return run_convert(args)
-    if args.command == "train":
-        return _friendly(run_train_command, args)
-    if args.command == "collect":
-        return _friendly(run_collect_command, args)
-    if args.command == "eval":
-        return _friendly(run_eval_command, args)
-    if args.command == "dashboard":
-        return _friendly(run_dashboard_command, args, (ValueError, IndexError, OSError))
-    if args.command == "sweep":
-        return _friendly(run_sweep_command, args)
-    if args.command == "demo":
-        from sae_lens_jumprelu.demo import run_demo
-
-        result = run_demo(args.out, args.target_l0, args.steps, args.d_sae, args.recipe, args.seed)
-        s = result.scores
-        out = sys.stdout
-        out.write(
-            f"held-out: L0 {s.l0:.2f} (target {args.target_l0:g}, true features per sample "
-            f"{s.true_l0:.2f})  FVU {s.fvu:.4f}  MCC {s.mcc:.3f}  dead {s.frac_dead:.1%}\n"
-            f"SAE (SAELens 'jumprelu' format): {result.sae_dir}\n"
-            f"training curve: {result.curve_png}\n"
-        )
-    return 0
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "convert": run_convert,
+        "train": run_train_command,
+        "collect": run_collect_command,
+        "eval": run_eval_command,
+        "dashboard": run_dashboard_command,
+        "sweep": run_sweep_command,
+        "demo": run_demo_command,
+    }
+    return _friendly(commands[args.command], args)
 
 
-def _friendly(
-    command: "Callable[[argparse.Namespace], int]",
-    args: argparse.Namespace,
-    errors: tuple[type[Exception], ...] = (ValueError,),
-) -> int:
-    """Input errors as one line naming the problem, not a traceback."""
+DEBUG_ENV = "SAE_JUMPRELU_TRACEBACK"
+"""Set to 1 to see the traceback of an unexpected error instead of its one-line summary."""
+
+
+def _friendly(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Every failure as one line naming the problem, not a traceback; Ctrl-C exits 130. The
+    outputs are staged beside their destination, so an interrupted command leaves no part."""
     from sae_lens_jumprelu.distributed import RankFailureError
 
+    name = f"sae-jumprelu {args.command}"
     try:
         return command(args)
-    except errors as error:  # our input errors (CorpusError, ActivationCacheError...)
-        sys.stderr.write(f"sae-jumprelu {args.command}: error: {error}\n")
-        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{name}: interrupted; no partial output was left, earlier ones kept\n")
+        return 130
     except RankFailureError as error:  # a distributed job lost a rank: stop, do not hang
-        sys.stderr.write(f"sae-jumprelu {args.command}: error: {error}\n")
+        sys.stderr.write(f"{name}: error: {error}\n")
         return 1
+    except (ValueError, OSError) as error:  # our input errors (CorpusError, OutputExistsError...)
+        sys.stderr.write(f"{name}: error: {error}\n")
+        return 2
+    except Exception as error:  # a bug or an upstream failure: the summary, not the traceback
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        sys.stderr.write(
+            f"{name}: unexpected error: {type(error).__name__}: {error}\n"
+            f"  (rerun with {DEBUG_ENV}=1 for the traceback, and please report it)\n"
+        )
+        return 1
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from sae_lens_jumprelu.demo import run_demo
+
+    result = run_demo(
+        args.out, args.target_l0, args.steps, args.d_sae, args.recipe, args.seed, args.overwrite
+    )
+    s = result.scores
+    sys.stdout.write(
+        f"held-out: L0 {s.l0:.2f} (target {args.target_l0:g}, true features per sample "
+        f"{s.true_l0:.2f})  FVU {s.fvu:.4f}  MCC {s.mcc:.3f}  dead {s.frac_dead:.1%}\n"
+        f"SAE (SAELens 'jumprelu' format): {result.sae_dir}\n"
+        f"training curve: {result.curve_png}\n"
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainStepOutput
 
+from sae_lens_jumprelu.atomic import prepare_output, staged_dir
 from sae_lens_jumprelu.recipes import get_recipe
 from sae_lens_jumprelu.synthetic import (
     SyntheticScores,
@@ -35,8 +36,11 @@ def run_demo(
     d_sae: int = 512,
     recipe: str = "short_budget",
     seed: int = 0,
+    overwrite: bool = False,
 ) -> DemoResult:
     from sae_lens_jumprelu.plots import plot_training_curve
+
+    prepare_output(out, overwrite)
 
     task = SyntheticTask(seed=seed)
     model = task.build()
@@ -51,13 +55,13 @@ def run_demo(
             history[name].append(float(output.metrics[name]))  # type: ignore[arg-type]
 
     train_on_synthetic(sae, model, chosen.trainer_settings(steps * chosen.batch_size), seed, record)
-    sae_dir = out / "sae"
-    sae.save_inference_model(sae_dir)
-    # Score what a user gets: the saved files loaded by stock SAELens.
-    reloaded = SAE.load_from_disk(sae_dir)
-    with torch.no_grad():
-        probe = model.sample(256)
-        torch.testing.assert_close(reloaded(probe), sae(probe), rtol=1e-4, atol=1e-5)
-    scores = score_on_synthetic(reloaded, model)
-    curve = plot_training_curve(dict(history), out / "training_curve.png", target_l0)
-    return DemoResult(scores=scores, sae_dir=sae_dir, curve_png=curve)
+    with staged_dir(out, overwrite=True) as staging:
+        sae.save_inference_model(staging / "sae")
+        # Score what a user gets: the saved files loaded by stock SAELens.
+        reloaded = SAE.load_from_disk(staging / "sae")
+        with torch.no_grad():
+            probe = model.sample(256)
+            torch.testing.assert_close(reloaded(probe), sae(probe), rtol=1e-4, atol=1e-5)
+        scores = score_on_synthetic(reloaded, model)
+        plot_training_curve(dict(history), staging / "training_curve.png", target_l0)
+    return DemoResult(scores=scores, sae_dir=out / "sae", curve_png=out / "training_curve.png")

@@ -23,7 +23,7 @@ from sae_lens_jumprelu.distributed import Dist
 from sae_lens_jumprelu.progress import progress_bar
 from sae_lens_jumprelu.sharding import ContextPosition
 from sae_lens_jumprelu.trainer_settings import TrainerSettings
-from sae_lens_jumprelu.training_loop import StepCallback, make_trainers
+from sae_lens_jumprelu.training_loop import StepCallback, check_finite_weights, make_trainers
 
 Mode = Literal["data", "sae"]
 
@@ -83,8 +83,7 @@ def train_sharded(
         if checkpoints is not None and step % checkpoints.every == 0 and step < total:
             _save(checkpoints, trainers, step, dist, mode)
     bar.close()
-    for trainer in trainers.values():
-        trainer.set_final_sae_metadata()
+    check_finite_weights({name: trainer.sae for name, trainer in trainers.items()})
     return trainers
 
 

@@ -19,7 +19,6 @@ from sae_lens_jumprelu.activations import (
     shuffled_batches,
     special_token_ids,
 )
-from sae_lens_jumprelu.atomic import write_dir_atomic
 from sae_lens_jumprelu.distributed import Dist, destroy, init_from_env
 from sae_lens_jumprelu.distributed_loop import CheckpointPlan, Mode, train_sharded
 from sae_lens_jumprelu.models import load_model
@@ -146,12 +145,12 @@ def _run(job: TrainJob, dist: Dist) -> TrainResult | None:
     )
     if gathered is None:
         return None
-    sae_dirs = _write_saes(job.out / "saes", [files for files, _, _ in gathered])
+    parts = [files for files, _, _ in gathered]
     histories = {name: h for _, part, _ in gathered for name, h in part.items()}
     all_norms = {hook: n for _, _, part in gathered for hook, n in part.items()}
     return finish_run(
-        job, model, names, sae_dirs, histories, corpus.held_out, exclude, seconds, all_norms,
-        corpus.source,
+        job, model, names, lambda saes_dir: _write_saes(saes_dir, parts), histories,
+        corpus.held_out, exclude, seconds, all_norms, corpus.source,
     )  # fmt: skip
 
 
@@ -173,15 +172,12 @@ def _save_inference(trainers: dict[str, Any], out: Path) -> None:
 
 
 def _write_saes(directory: Path, parts: list[dict[str, bytes]]) -> dict[str, Path]:
-    """Each SAE's files, as sent by its rank, into ``directory/<name>`` (atomically)."""
+    """Each SAE's files, as sent by its rank, into ``directory/<name>`` (the run's staging)."""
     by_sae: dict[str, dict[str, bytes]] = {}
     for files in parts:
         for relative, data in files.items():
             name, rest = relative.split("/", 1)
             by_sae.setdefault(name, {})[rest] = data
-    directory.mkdir(parents=True, exist_ok=True)
     for name, files in by_sae.items():
-        write_dir_atomic(
-            directory / name, lambda tmp, f=files: checkpoint.write_files(tmp, f), overwrite=True
-        )
+        checkpoint.write_files(directory / name, files)
     return {name: directory / name for name in by_sae}

@@ -19,7 +19,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from sae_lens_jumprelu.activations import special_token_ids
-from sae_lens_jumprelu.atomic import write_text_atomic
+from sae_lens_jumprelu.atomic import prepare_output, staged_dir, write_text_atomic
 from sae_lens_jumprelu.corpus import (
     EMBEDDED_CORPUS,
     CorpusError,
@@ -27,7 +27,7 @@ from sae_lens_jumprelu.corpus import (
     load_eval_contexts,
 )
 from sae_lens_jumprelu.evals import SAEEvaluation, check_compatible, evaluate_saes, markdown_table
-from sae_lens_jumprelu.models import EMBEDDED_MODEL, is_embedded, load_model
+from sae_lens_jumprelu.models import EMBEDDED_MODEL, check_device, is_embedded, load_model
 from sae_lens_jumprelu.plots import plot_feature_frequencies, plot_l0_histograms
 from sae_lens_jumprelu.sae_source import LoadedSAE, load_sae
 from sae_lens_jumprelu.sites import resolve_sites
@@ -57,7 +57,9 @@ class EvalJob:
     context_size: int | None = None
     """Tokens per context; None: the SAE's metadata context_size, else 128."""
     out: Path = Path("sae-jumprelu-eval")
-    """Output directory (files in it are replaced)."""
+    """Output directory, written beside and renamed into place once complete."""
+    overwrite: bool = False
+    """Replace an existing ``out``; without it an existing one is refused before loading."""
     device: str = "cpu"
     dtype: str = "float32"
     """Dtype of the language model (the SAE keeps its own)."""
@@ -127,6 +129,8 @@ def resolve_settings(job: EvalJob, sae: SAE[Any]) -> EvalSettings:
 
 
 def run_eval(job: EvalJob) -> EvalResult:
+    check_device(job.device)
+    prepare_output(job.out, job.overwrite)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     loaded = load_sae(job.sae, device=job.device)
@@ -173,8 +177,10 @@ def run_eval(job: EvalJob) -> EvalResult:
         # sparse, {L0: tokens}: a d_sae-long list would be mostly zeros
         "l0_histogram": {str(k): n for k, n in enumerate(evaluation.l0_histogram) if n},
     }
-    files = write_report(job.out, loaded.name, evaluation, report)
-    return EvalResult(evaluation, settings, job.out, files)
+    with staged_dir(job.out, overwrite=True) as staging:
+        files = write_report(staging, loaded.name, evaluation, report)
+    moved = {key: job.out / path.relative_to(staging) for key, path in files.items()}
+    return EvalResult(evaluation, settings, job.out, moved)
 
 
 def write_report(

@@ -31,6 +31,21 @@ def cache_dir() -> Path:
     return Path(base) / "sae_lens_jumprelu"
 
 
+def check_device(device: str) -> None:
+    """Refuse, before anything loads, a device this torch cannot use."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r}: {error}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {device}: this torch ({torch.__version__}) has no usable CUDA; "
+            "use --device cpu, or install a CUDA build of torch"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
 def is_embedded(name: str | None) -> bool:
     return name is None or name in _EMBEDDED_ALIASES
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens_jumprelu.config import JumpReLUSTETrainingSAEConfig
+from sae_lens_jumprelu.models import check_device
 from sae_lens_jumprelu.recipes import Recipe, get_recipe
 
 # Config fields each job sets itself (from the site, --d-sae, --device, the sparsity flags).
@@ -45,8 +46,12 @@ class LanguageModelRun:
     """Dtype of the language model (SAEs train in float32)."""
     seed: int = 0
     """Seed of every SAE's initialisation and of the activations' shuffling."""
+    overwrite: bool = False
+    """Replace an existing output directory once the new one is complete; without it an
+    existing one is refused before any model loads."""
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         known = {f.name for f in fields(JumpReLUSTETrainingSAEConfig)}
         for name in self.sae_config:
             if name in _SET_BY_THE_JOB:

@@ -6,6 +6,7 @@ SAELens directories go through ``SAE.load_from_disk``, so every architecture SAE
 (topk, gated, standard, jumprelu...); the other formats are converted exactly, in memory.
 """
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,13 @@ def load_sae(spec: str | Path, *, device: str = "cpu") -> LoadedSAE:
     return LoadedSAE(_from_pretrained(release, sae_id, device), "pretrained", sae_id)
 
 
+def _cfg_field(path: Path, name: str) -> Any:
+    try:
+        return json.loads((path / "cfg.json").read_text()).get(name)
+    except (OSError, ValueError):
+        return None
+
+
 def _load_path(path: Path, device: str) -> LoadedSAE:
     try:
         source_format = detect_format(path)
@@ -61,6 +69,13 @@ def _load_path(path: Path, device: str) -> LoadedSAE:
         # SAELens's own loader: every architecture it knows, its config defaulting included
         try:
             sae = SAE.load_from_disk(path, device=device)
+        except RuntimeError as error:  # load_state_dict: shapes that disagree with cfg.json
+            first = str(error).strip().splitlines()
+            raise SAESourceError(
+                f"{path}: its weights do not match its cfg.json (d_in {_cfg_field(path, 'd_in')}, "
+                f"d_sae {_cfg_field(path, 'd_sae')}): {' '.join(first[-2:])[:300]}; fix cfg.json "
+                "or re-export the SAE"
+            ) from None
         except (KeyError, ValueError, OSError, SafetensorError) as error:
             raise SAESourceError(
                 f"{path}: SAELens cannot load this directory ({type(error).__name__}: {error}); "

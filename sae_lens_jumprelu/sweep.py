@@ -29,10 +29,10 @@ from sae_lens_jumprelu.activations import (
     special_token_ids,
 )
 from sae_lens_jumprelu.architectures import ARCHITECTURES, Architecture, get_architecture
-from sae_lens_jumprelu.atomic import write_dir_atomic
+from sae_lens_jumprelu.atomic import prepare_output, staged_dir
 from sae_lens_jumprelu.convert.sae_lens_format import fold_saved_decoder_norms
 from sae_lens_jumprelu.corpus import TokenCorpus
-from sae_lens_jumprelu.evals import evaluate_saes
+from sae_lens_jumprelu.evals import evaluate_saes, record_in_cfg
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
 from sae_lens_jumprelu.run_options import LanguageModelRun
 from sae_lens_jumprelu.sites import Site, default_site_spec, resolve_sites
@@ -147,6 +147,7 @@ def run_sweep(
     ``model`` and ``corpus`` replace ``job.model`` and ``job.dataset`` (a model without a
     tokenizer needs a ``corpus`` of token ids).
     """
+    prepare_output(job.out, job.overwrite)  # before a minute of model loading
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     torch.manual_seed(job.seed)
@@ -203,38 +204,38 @@ def run_sweep(
     )
     seconds["collect_and_train"] = time.perf_counter() - started
 
-    job.out.mkdir(parents=True, exist_ok=True)
-    sae_dirs = {name: _save(sae, job.out / "saes" / name) for name, sae in saes.items()}
-    # Evaluate what a user gets: the saved files loaded by stock SAELens.
-    reloaded = {
-        name: SAE.load_from_disk(path, device=job.device) for name, path in sae_dirs.items()
-    }
-    started = time.perf_counter()
-    evaluations = evaluate_saes(model, reloaded, held_out, exclude, progress="evaluating")
-    seconds["evaluate"] = time.perf_counter() - started
-
-    rows = [
-        SweepRow.of(
-            arch,
-            value,
-            evaluations[name],
-            trainers[name].n_training_samples,
-            sae_dirs[name],
-        )
-        for name, (arch, value) in names.items()
-    ]
-    frequencies = {name: evaluations[name].feature_frequency for name in names}
-    meta = {
-        "job": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
-        "model": model.cfg.model_name,
-        "hook_name": site.hook_name,
-        "dataset": dataset,
-        "mean_norm": stats.mean_norm,
-        "mean_squared_norm": stats.mean_squared_norm,
-        "seconds": seconds,
-    }
-    files = write_report(rows, frequencies, meta, job.out)
-    return SweepResult(job.out, rows, sae_dirs, seconds, files)
+    # Everything is written beside job.out and renamed into place once complete.
+    with staged_dir(job.out, overwrite=True) as staging:
+        sae_dirs = {name: _save(sae, staging / "saes" / name) for name, sae in saes.items()}
+        # Evaluate what a user gets: the saved files loaded by stock SAELens.
+        reloaded = {
+            name: SAE.load_from_disk(path, device=job.device) for name, path in sae_dirs.items()
+        }
+        started = time.perf_counter()
+        evaluations = evaluate_saes(model, reloaded, held_out, exclude, progress="evaluating")
+        seconds["evaluate"] = time.perf_counter() - started
+        for name, evaluation in evaluations.items():
+            record_in_cfg(sae_dirs[name], evaluation)
+        final_dirs = {name: job.out / "saes" / name for name in saes}
+        rows = [
+            SweepRow.of(
+                arch, value, evaluations[name], trainers[name].n_training_samples, final_dirs[name]
+            )
+            for name, (arch, value) in names.items()
+        ]
+        frequencies = {name: evaluations[name].feature_frequency for name in names}
+        meta = {
+            "job": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
+            "model": model.cfg.model_name,
+            "hook_name": site.hook_name,
+            "dataset": dataset,
+            "mean_norm": stats.mean_norm,
+            "mean_squared_norm": stats.mean_squared_norm,
+            "seconds": seconds,
+        }
+        files = write_report(rows, frequencies, meta, staging)
+    moved = {key: job.out / path.relative_to(staging) for key, path in files.items()}
+    return SweepResult(job.out, rows, final_dirs, seconds, moved)
 
 
 def _valid() -> str:
@@ -264,7 +265,11 @@ def _peek_statistics(batches: Any, hook_name: str) -> tuple[StreamStatistics, An
     """Statistics of the first batches, and the stream with them still in it."""
     head: list[SiteBatch] = list(islice(batches, _STAT_BATCHES))
     if not head:
-        raise ValueError("the activation stream is empty: no tokens to train on")
+        raise ValueError(
+            "no full batch of activations to train on: the text or cache holds fewer tokens "
+            "than one --batch-size (after special tokens are dropped); give more --tokens or a "
+            "smaller --batch-size"
+        )
     return StreamStatistics.of(torch.cat([batch[hook_name] for batch in head])), chain(
         head, batches
     )
@@ -315,12 +320,8 @@ def set_normalisation(
 
 def _save(sae: TrainingSAE[Any], path: Path) -> Path:
     """SAELens inference format with unit-norm decoder rows where that is exact (not TopK),
-    written beside and renamed into place."""
+    into the sweep's staging directory."""
 
-    def write(tmp: Path) -> None:
-        sae.save_inference_model(tmp)
-        fold_saved_decoder_norms(tmp)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_dir_atomic(path, write, overwrite=True)
+    sae.save_inference_model(path)
+    fold_saved_decoder_norms(path)
     return path

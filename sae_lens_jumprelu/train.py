@@ -9,6 +9,7 @@ import json
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ from sae_lens_jumprelu.activations import (
     shuffled_batches,
     special_token_ids,
 )
-from sae_lens_jumprelu.atomic import write_dir_atomic
+from sae_lens_jumprelu.atomic import prepare_output, staged_dir
 from sae_lens_jumprelu.corpus import TokenCorpus, check_text_model, load_token_corpus
-from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes, write_evaluations
+from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes, record_in_cfg, write_evaluations
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
 from sae_lens_jumprelu.plots import plot_training_curve
 from sae_lens_jumprelu.recipes import Recipe
@@ -115,6 +116,12 @@ class TrainJob(LanguageModelRun):
             lr=self.lr if self.lr is not None else recipe.lr,
         )
 
+    def check_output(self) -> None:
+        """Fail before the model loads when ``out`` exists (unless ``overwrite``, or it holds
+        the checkpoints being resumed) or cannot be written."""
+        resuming = self.resume is not None and self.out.resolve() in self.resume.resolve().parents
+        prepare_output(self.out, self.overwrite or resuming)
+
     def check_reachable(self) -> None:
         """Fail before the model loads when a target or the token budget cannot work."""
         batch = self.recipe_settings().batch_size
@@ -161,11 +168,25 @@ class TrainResult:
     targets: dict[str, float | None] = field(default_factory=dict)
     """SAE name -> its target L0 (None with a fixed lambda)."""
 
+    def moved_to(self, out: Path) -> "TrainResult":
+        """The same result with its paths under ``out`` instead of ``self.out``."""
+
+        def move(path: Path) -> Path:
+            return out / path.relative_to(self.out)
+
+        return replace(
+            self,
+            out=out,
+            sae_dirs={name: move(path) for name, path in self.sae_dirs.items()},
+            curves={name: move(path) for name, path in self.curves.items()},
+        )
+
 
 def run_train(job: TrainJob) -> TrainResult | None:
     """Train, save, evaluate; under ``--distributed`` only rank 0 returns the result."""
     job.sparsity_settings()  # a contradictory request fails before the model loads
     job.check_reachable()
+    job.check_output()
     if job.distributed != "none":
         from sae_lens_jumprelu.distributed_run import run_train_distributed
 
@@ -225,11 +246,18 @@ def run_train(job: TrainJob) -> TrainResult | None:
     )
     seconds["collect_and_train"] = time.perf_counter() - started
 
-    job.out.mkdir(parents=True, exist_ok=True)
-    sae_dirs = {name: _save(sae, job.out / "saes" / name) for name, sae in saes.items()}
     histories = {name: dict(recorder.history[name]) for name in saes}
     return finish_run(
-        job, model, names, sae_dirs, histories, held_out, exclude, seconds, norms, dataset
+        job,
+        model,
+        names,
+        lambda saes_dir: {name: _save(sae, saes_dir / name) for name, sae in saes.items()},
+        histories,
+        held_out,
+        exclude,
+        seconds,
+        norms,
+        dataset,
     )
 
 
@@ -237,7 +265,7 @@ def finish_run(
     job: TrainJob,
     model: Any,
     names: dict[str, tuple[Site, dict[str, float]]],
-    sae_dirs: dict[str, Path],
+    save_saes: Callable[[Path], dict[str, Path]],
     histories: dict[str, dict[str, list[float]]],
     held_out: torch.Tensor,
     exclude: list[int],
@@ -245,7 +273,28 @@ def finish_run(
     norms: dict[str, float],
     dataset: str,
 ) -> TrainResult:
-    """Evaluate the saved SAEs, write metrics, curves and ``run.json``."""
+    """Save the SAEs (``save_saes(saes_dir)``), evaluate them, write metrics, curves and
+    ``run.json``: all into a directory beside ``job.out``, renamed into place once complete."""
+    with staged_dir(job.out, overwrite=True, carry=("checkpoints",)) as staging:
+        result = _finish_in(staging, job, model, names, save_saes, histories, held_out, exclude,
+                            seconds, norms, dataset)  # fmt: skip
+    return result.moved_to(job.out)
+
+
+def _finish_in(
+    out: Path,
+    job: TrainJob,
+    model: Any,
+    names: dict[str, tuple[Site, dict[str, float]]],
+    save_saes: Callable[[Path], dict[str, Path]],
+    histories: dict[str, dict[str, list[float]]],
+    held_out: torch.Tensor,
+    exclude: list[int],
+    seconds: dict[str, float],
+    norms: dict[str, float],
+    dataset: str,
+) -> TrainResult:
+    sae_dirs = save_saes(out / "saes")
     # Evaluate what a user gets: the saved files loaded by stock SAELens.
     reloaded = {
         name: SAE.load_from_disk(path, device=job.device) for name, path in sae_dirs.items()
@@ -253,7 +302,9 @@ def finish_run(
     started = time.perf_counter()
     evaluations = evaluate_saes(model, reloaded, held_out, exclude)
     seconds["evaluate"] = time.perf_counter() - started
-    write_evaluations(evaluations, job.out)
+    write_evaluations(evaluations, out)
+    for name, evaluation in evaluations.items():
+        record_in_cfg(sae_dirs[name], evaluation)
     curves = {
         name: plot_training_curve(
             histories[name], sae_dirs[name] / "training_curve.png", names[name][1].get("target_l0")
@@ -268,9 +319,9 @@ def finish_run(
         "seconds": seconds,
         "metrics": {name: e.summary() for name, e in evaluations.items()},
     }
-    (job.out / "run.json").write_text(json.dumps(summary, indent=2))
+    (out / "run.json").write_text(json.dumps(summary, indent=2))
     targets = {name: names[name][1].get("target_l0") for name in sae_dirs}
-    return TrainResult(job.out, sae_dirs, evaluations, curves, seconds, targets)
+    return TrainResult(out, sae_dirs, evaluations, curves, seconds, targets)
 
 
 def run_collect(job: TrainJob, contexts_per_shard: int = 64) -> ActivationCache:
@@ -361,7 +412,6 @@ def new_sae(
 
 
 def _save(sae: JumpReLUSTETrainingSAE, path: Path) -> Path:
-    """SAELens inference format, written beside and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_dir_atomic(path, sae.save_inference_model, overwrite=True)
+    """SAELens inference format (into the run's staging directory)."""
+    sae.save_inference_model(path)
     return path

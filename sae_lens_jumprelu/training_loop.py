@@ -57,8 +57,22 @@ def train_in_lockstep(
                 trainer.activation_scaler.scaling_factor
             )
             trainer.activation_scaler.scaling_factor = None
-        trainer.set_final_sae_metadata()
+    check_finite_weights(saes)
+    # No ``set_final_sae_metadata``: its window statistics mislead on a short run; the held-out
+    # evaluation writes its own (``evals.record_in_cfg``).
     return trainers
+
+
+def check_finite_weights(saes: dict[str, TrainingSAE[Any]]) -> None:
+    """Refuse to hand on an SAE whose training diverged (NaN or inf weights): saved, it would
+    look like a result."""
+    for name, sae in saes.items():
+        bad = [p for p, value in sae.named_parameters() if not bool(value.isfinite().all())]
+        if bad:
+            raise ValueError(
+                f"training diverged: {name} has NaN or inf in {bad} (nothing was saved); "
+                "lower --lr or check the activations for NaN"
+            )
 
 
 def make_trainers(

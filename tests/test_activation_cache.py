@@ -146,3 +146,46 @@ def test_unknown_hook_requested_from_cache(tmp_path, model, sites):
         ActivationCacheError, match="no activations for \\['blocks.3.hook_mlp_out'\\]"
     ):
         cache.iter_batches(8, ["blocks.3.hook_mlp_out"])
+
+
+def test_a_larger_collect_extends_to_the_bytes_of_a_fresh_one(tmp_path, model, sites):
+    contexts = random_contexts(10)  # shards of 3: the first collect's last shard is partial
+    write_activation_cache(tmp_path / "grown", model, spec_for(sites), contexts[:7], contexts[:2])
+    with pytest.warns(UserWarning, match=r"re-collecting \['shard_000002.safetensors'\]"):
+        grown = write_activation_cache(
+            tmp_path / "grown", model, spec_for(sites), contexts, contexts[:2]
+        )
+    fresh = write_activation_cache(
+        tmp_path / "fresh", model, spec_for(sites), contexts, contexts[:2]
+    )
+    assert grown.complete and grown.tokens == fresh.tokens
+    assert grown.manifest["shards"] == fresh.manifest["shards"]
+    for entry in fresh.manifest["shards"]:
+        name = entry["file"]
+        assert (tmp_path / "grown" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+    with pytest.raises(ActivationCacheError, match="only extended; ask for at least"):
+        write_activation_cache(tmp_path / "grown", model, spec_for(sites), contexts[:4])
+
+
+def test_held_out_tokens_are_checked_and_follow_the_collect(tmp_path, model, sites):
+    contexts = random_contexts(6)
+    write_activation_cache(tmp_path, model, spec_for(sites), contexts[:4], contexts[4:5])
+    path = tmp_path / "held_out_tokens.safetensors"
+    path.write_bytes(path.read_bytes()[:-8])  # truncated
+    with pytest.raises(ActivationCacheError, match="held_out_tokens.safetensors is missing or"):
+        ActivationCache(tmp_path).held_out_tokens()
+    # a rerun repairs it; another held-out split (another size's) replaces the old one
+    with pytest.warns(UserWarning, match="rewriting"):
+        write_activation_cache(tmp_path, model, spec_for(sites), contexts[:4], contexts[4:5])
+    assert torch.equal(ActivationCache(tmp_path).held_out_tokens(), contexts[4:5])
+    with pytest.warns(UserWarning, match="rewriting"):
+        write_activation_cache(tmp_path, model, spec_for(sites), contexts[:4], contexts[5:6])
+    assert torch.equal(ActivationCache(tmp_path).held_out_tokens(), contexts[5:6])
+
+
+def test_collect_never_deletes_or_mixes_with_a_users_files(tmp_path, model, sites):
+    mine = tmp_path / ".notes.tmp-2024"
+    mine.write_text("a user's file")
+    with pytest.raises(ActivationCacheError, match=r"not empty and not a cache .*notes"):
+        write_activation_cache(tmp_path, model, spec_for(sites), random_contexts(3))
+    assert mine.read_text() == "a user's file" and sorted(tmp_path.iterdir()) == [mine]

@@ -42,3 +42,53 @@ def test_demo_trains_saves_and_reports(tmp_path: Path, capsys: pytest.CaptureFix
         [sys.executable, "-c", check, str(out / "sae")], capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == "JumpReLUSAE"
+
+
+def test_an_existing_output_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("earlier run")
+    for command in (["train"], ["sweep"], ["demo"], ["eval", str(tmp_path)]):
+        assert main([*command, "--out", str(out)]) == 2, command
+        err = capsys.readouterr().err
+        assert "already exists (a directory)" in err and "--overwrite" in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert (out / "metrics.json").read_text() == "earlier run"
+
+
+def test_bad_settings_fail_early_with_the_fix(tmp_path: Path, capsys) -> None:
+    for lr in ("inf", "nan", "0", "-1"):
+        with pytest.raises(SystemExit):
+            parse_args(["train", "--lr", lr])
+        assert "must be a positive finite number" in capsys.readouterr().err
+    assert main(["train", "--device", "cuda", "--out", str(tmp_path / "x")]) == 2
+    assert "has no usable CUDA; use --device cpu" in capsys.readouterr().err
+    for flags in (["--target-l0", "0"], ["--d-sae", "0"], ["--target-l0", "600"]):
+        with pytest.raises(SystemExit, match=r"--target-l0 must be in \(0, --d-sae\)"):
+            parse_args(["demo", *flags])
+    (tmp_path / "a-file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "a-file" / "demo")]) == 2
+    assert "cannot write in" in capsys.readouterr().err
+    assert not list(tmp_path.glob("x*"))
+
+
+def test_ctrl_c_exits_130_and_unexpected_errors_print_one_line(monkeypatch, capsys) -> None:
+    import sae_lens_jumprelu.demo as demo
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    assert main(["demo"]) == 130
+    assert "interrupted; no partial output" in capsys.readouterr().err
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("an upstream bug")
+
+    monkeypatch.setattr(demo, "run_demo", broken)
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected error: RuntimeError: an upstream bug" in err and "Traceback" not in err
+    monkeypatch.setenv("SAE_JUMPRELU_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="an upstream bug"):
+        main(["demo"])

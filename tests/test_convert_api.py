@@ -260,3 +260,13 @@ def test_saved_sae_lens_sae_gets_unit_decoder_rows_where_exact(tmp_path: Path, a
     else:
         torch.testing.assert_close(loaded.W_dec.norm(dim=-1), torch.ones(10))
         assert fold_saved_decoder_norms(tmp_path) is False  # already unit: nothing rewritten
+
+
+def test_gemma_scope_without_its_suffix_is_refused_before_writing(tmp_path: Path) -> None:
+    src = _write_source("jumprelu", tmp_path)
+    with pytest.raises(
+        ConversionError,
+        match=r"named .npz or .safetensors \(Gemma Scope 2\); give e.g. .*params.npz",
+    ):
+        convert(src, tmp_path / "params", "gemma-scope")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jumprelu"]

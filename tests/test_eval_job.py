@@ -248,7 +248,9 @@ def test_too_little_text_warns_with_what_was_used(tmp_path, loads, capsys) -> No
     assert len(warned) == 1
     assert json.loads((out / "metrics.json").read_text())["tokens_read"] == 256
 
-    code, printed = run([sae, "--dataset", text, "--context-size", 250, "--out", out], capsys)
+    code, printed = run(
+        [sae, "--dataset", text, "--context-size", 250, "--out", out, "--overwrite"], capsys
+    )
     assert code == 2
     assert "not enough text for one context of 250 tokens: give a larger --dataset" in printed
 

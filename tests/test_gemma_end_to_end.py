@@ -15,7 +15,7 @@ SMALL = "--tokens 4096 --eval-tokens 512 --context-size 64".split()
 RESID, ATTN = "blocks.3.hook_resid_post", "blocks.3.attn.hook_z"
 
 
-def test_collect_then_train_from_cache_then_reload_in_plain_sae_lens(tmp_path, capsys):
+def test_collect_then_train_from_cache_then_reload_in_plain_sae_lens(tmp_path, capsys, monkeypatch):
     cache, run = tmp_path / "cache", tmp_path / "run"
     collect = f"collect --site resid:3 --site attn:3 --out {cache} --contexts-per-shard 16"
     assert main(collect.split() + SMALL) == 0
@@ -36,19 +36,43 @@ def test_collect_then_train_from_cache_then_reload_in_plain_sae_lens(tmp_path, c
         assert m["ce_clean"] > 0 and abs(m["delta_lm_loss"]) < 20
         assert (run / "saes" / hook / "training_curve.png").stat().st_size > 10_000
 
-    # A process that never imports sae_lens_jumprelu loads the SAEs and runs them on the hook
+    # A process that never imports sae_lens_jumprelu loads the SAEs and runs them on the hook;
+    # their rows are unit-norm and their metadata is the held-out evaluation's, nothing else.
     script = f"""
-import sys, torch
+import json, sys, torch
 from sae_lens import SAE
+metrics = json.load(open({str(run / "metrics.json")!r}))
 for hook, shape in [({RESID!r}, (2, 5, 640)), ({ATTN!r}, (2, 5, 4, 256))]:
     sae = SAE.load_from_disk({str(run / "saes")!r} + "/" + hook)
-    assert sae.cfg.architecture() == "jumprelu" and sae.cfg.metadata.hook_name == hook
+    meta, m = sae.cfg.metadata, metrics[hook]
+    assert sae.cfg.architecture() == "jumprelu" and meta.hook_name == hook
     assert sae(torch.randn(shape) * 50).shape == shape
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(256))
+    assert (meta.held_out_l0, meta.held_out_frac_dead, meta.held_out_tokens) == (
+        m["l0"], m["frac_dead"], m["tokens"])
+    assert (meta.held_out_fvu, meta.held_out_delta_lm_loss) == (m["fvu"], m["delta_lm_loss"])
+    assert "l0" not in meta and "num_dead_features" not in meta  # the trainer's window stats
+    assert (meta.model_name, meta.context_size, meta.prepend_bos) == ("gemma-3-270m", 64, True)
+    assert meta.dataset_path == "embedded" and meta.exclude_special_tokens
 assert "sae_lens_jumprelu" not in sys.modules
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+    # A rerun into the same --out is refused; with --overwrite, a Ctrl-C during the held-out
+    # evaluation exits 130 and leaves the earlier run exactly as it was, with nothing beside it.
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(train.split() + SMALL) == 2
+    assert "already exists" in capsys.readouterr().err
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sae_lens_jumprelu.train.evaluate_saes", interrupted)
+    assert main(train.split() + SMALL + ["--overwrite"]) == 130
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]
 
 
 def test_streamed_sweep_and_input_errors(tmp_path, capsys):

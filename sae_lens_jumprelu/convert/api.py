@@ -213,10 +213,23 @@ def convert(
     converted = convert_weights(weights, to, apply_b_dec_to_input, allow_inexact)
     _check_exact(weights, converted, n_inputs, allow_inexact, "in memory")
     target = TARGETS[to]
+    if to == "gemma-scope" and dst.suffix not in (".npz", ".safetensors"):
+        raise ConversionError(
+            f"{dst}: a Gemma Scope file is named .npz or .safetensors (Gemma Scope 2); "
+            f"give e.g. {dst.with_name(dst.name + '.npz')}"
+        )
+    checked: list[Verification] = []
+
+    def write_and_read_back(tmp: Path) -> None:
+        # The written file is read back and verified before it replaces anything at dst.
+        target.write(converted.weights, tmp)
+        written = load(tmp, release_path or str(dst.resolve()), hook_name)
+        checked.append(_check_exact(weights, Converted(written, [], []), n_inputs,
+                                    allow_inexact, "read back"))  # fmt: skip
+
     write = write_file_atomic if target.is_file else write_dir_atomic
-    write(dst, lambda tmp: target.write(converted.weights, tmp), overwrite)
-    written = load(dst, release_path, hook_name)
-    verification = verify(weights, written, n_inputs=n_inputs)
+    write(dst, write_and_read_back, overwrite)
+    verification = checked[0]
     for issue in converted.issues:
         logger.warning("inexact latents %s: %s", issue.latents[:20], issue.reason)
     return ConversionResult(source_format, to, converted.clamped, converted.issues, verification)
