@@ -6,8 +6,10 @@ documents), so contexts look exactly like those of SAELens's ActivationsStore.
 """
 
 import ast
+import itertools
 import math
 import sysconfig
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +161,7 @@ def iter_documents(dataset: str | None) -> Iterator[str | list[int]]:
             yield from _file_documents(file)
     elif path.exists():
         yield from _file_documents(path)
-    elif "/" in dataset and not dataset.startswith((".", "/")) or not path.suffix:
+    elif not dataset.startswith((".", "/", "~")) and ("/" in dataset or not path.suffix):
         yield from _hf_documents(dataset)
     else:
         raise CorpusError(f"{dataset}: no such file or directory")
@@ -190,6 +192,12 @@ def embedded_documents() -> Iterator[str]:
 def _file_documents(path: Path) -> Iterator[str | list[int]]:
     if path.suffix in (".txt", ".md", ".rst", ""):
         text = path.read_text(encoding="utf-8", errors="replace")
+        if text.count("\ufffd") > 0.01 * max(1, len(text)):
+            warnings.warn(
+                f"{path}: {text.count(chr(0xFFFD))} of its {len(text)} characters are not UTF-8 "
+                "(read as U+FFFD): is it a text file?",
+                stacklevel=2,
+            )
         # Blank-line paragraphs as documents, so a single large file still splits train/held-out.
         yield from (part for part in text.split("\n\n") if part.strip())
         return
@@ -222,7 +230,17 @@ def _hf_documents(name: str) -> Iterator[str | list[int]]:
 
 def _rows_documents(rows: Any, name: str) -> Iterator[str | list[int]]:
     column = None
-    for row in rows:
+    iterator = iter(rows)
+    for index in itertools.count():
+        try:
+            row = next(iterator)
+        except StopIteration:
+            return
+        except Exception as error:  # datasets' readers raise many types on a bad row
+            raise CorpusError(
+                f"{name}: cannot read row {index + 1} ({type(error).__name__}: {error}); "
+                "fix or remove it"
+            ) from None
         if column is None:
             column = _document_column(row, name)
         value = row[column]

@@ -8,6 +8,7 @@ that every rank still has a batch, so a rank whose data ends first stops the job
 than leaving the others waiting.
 """
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,12 @@ def train_sharded(
         if checkpoints is not None and step % checkpoints.every == 0 and step < total:
             _save(checkpoints, trainers, step, dist, mode)
     bar.close()
+    if step < total and dist.is_main:
+        warnings.warn(
+            f"the activations ran out after step {step} of {total}: the SAEs trained on fewer "
+            "tokens than asked for",
+            stacklevel=2,
+        )
     check_finite_weights({name: trainer.sae for name, trainer in trainers.items()})
     return trainers
 

@@ -6,6 +6,7 @@ delta LM loss) and training-curve PNGs.
 """
 
 import json
+import math
 import time
 import warnings
 import zlib
@@ -72,7 +73,8 @@ class TrainJob(LanguageModelRun):
     out: Path = Path("sae-jumprelu-run")
     """Output directory: one SAELens SAE per site, metrics, curves."""
     eval_tokens: int = 4096
-    """Held-out tokens for L0, FVU and delta LM loss (documents never trained on)."""
+    """Held-out tokens for L0, FVU and delta LM loss (documents never trained on; with
+    ``activations``, the first of the cache's held-out contexts)."""
     distributed: str = "none"
     """Under torchrun: ``data`` (every rank runs the model on its share of the contexts and
     trains a replica of every SAE on global batch / ranks, gradients all-reduced) or ``sae``
@@ -103,8 +105,9 @@ class TrainJob(LanguageModelRun):
             )
         if self.distributed == "none" and (self.checkpoint_every or self.resume is not None):
             raise ValueError(
-                "--checkpoint-every and --resume belong to distributed runs: add "
-                "--distributed data (it runs on one process too)"
+                "--checkpoint-every and --resume belong to distributed runs: launch with "
+                "`torchrun --nproc-per-node 1 -m sae_lens_jumprelu train --distributed data ...` "
+                "(one process works too)"
             )
 
     def recipe_settings(self) -> Recipe:
@@ -228,6 +231,7 @@ def run_train(job: TrainJob) -> TrainResult | None:
         dataset = cache.manifest["dataset"]
         if held_out is None:
             raise ValueError(f"{job.activations} has no held-out tokens to evaluate on")
+        held_out = held_out[: math.ceil(job.eval_tokens / held_out.shape[1])]  # as sweep does
 
     names = job.sae_names(sites)
     saes = {

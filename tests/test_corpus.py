@@ -174,3 +174,19 @@ def test_check_text_model_names_the_problem() -> None:
     with pytest.raises(CorpusError, match=r"context size 300 \(cfg.json\) is longer than .* 256"):
         check_text_model(model, 300, "cfg.json")
     check_text_model(model, 256)
+
+
+def test_bad_local_input_is_named_as_such(tmp_path, tokenizer):
+    for missing in ("/nonexistent", "./gone", str(tmp_path / "gone")):
+        with pytest.raises(CorpusError, match="no such file or directory"):
+            load_token_corpus(tokenizer, missing, train_tokens=10)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"text": documents(1)[0]}) + "\n{not json\n")
+    with pytest.raises(CorpusError, match=r"rows.jsonl: cannot read row"):
+        load_token_corpus(tokenizer, str(rows), train_tokens=10_000)
+    noise = tmp_path / "noise.txt"
+    noise.write_bytes(
+        bytes(torch.randint(128, 256, (4000,), generator=torch.Generator().manual_seed(0)).tolist())
+    )
+    with pytest.warns(UserWarning, match="noise.txt: .* are not UTF-8"):
+        load_token_corpus(tokenizer, str(noise), train_tokens=10)

@@ -119,3 +119,20 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tmp_path):
     assert RankFailureError.__name__ in results[0].error
     assert "rank 0 of 2" in results[0].error and "--resume" in results[0].error
     assert float((tmp_path / "seconds0").read_text()) < timeout + 5
+
+
+def test_resume_starts_where_the_steps_got_not_past_the_shuffle_buffer(monkeypatch, tmp_path):
+    from sae_lens_jumprelu.distributed_run import _resume_position
+    from sae_lens_jumprelu.train import TrainJob
+
+    # step 80 of batch 256 in contexts of 128: 160 contexts' tokens trained on, though the
+    # forward passes (filling the shuffle buffer) had read 500
+    progress = checkpoint.Progress(80, 500, ["blocks.6.hook_resid_post"])
+    monkeypatch.setattr(checkpoint, "read_progress", lambda _path: progress)
+    job = TrainJob(distributed="data", resume=tmp_path, batch_size=256, context_size=128)
+    with pytest.warns(UserWarning, match="resuming at step 80, context 160: the shuffle buffer"):
+        assert _resume_position(job, ["blocks.6.hook_resid_post"]) == 160
+    early = checkpoint.Progress(80, 100, ["blocks.6.hook_resid_post"])
+    monkeypatch.setattr(checkpoint, "read_progress", lambda _path: early)
+    with pytest.warns(UserWarning):
+        assert _resume_position(job, ["blocks.6.hook_resid_post"]) == 100

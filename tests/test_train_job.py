@@ -88,7 +88,9 @@ def test_distributed_flags_reach_the_job_and_bad_ones_are_refused(tmp_path):
         parse_args(["train", "--distributed", "model"])
     with pytest.raises(ValueError, match="dist_timeout must be positive"):
         TrainJob(distributed="data", dist_timeout=0)
-    with pytest.raises(ValueError, match="add --distributed data"):
+    with pytest.raises(
+        ValueError, match="launch with `torchrun --nproc-per-node 1 -m sae_lens_jumprelu"
+    ):
         TrainJob(checkpoint_every=10)
     with pytest.raises(ValueError, match="single-process for now"):
         TrainJob(distributed="data", activations=tmp_path)
