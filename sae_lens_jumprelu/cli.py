@@ -592,7 +592,8 @@ def _friendly(command: Callable[[argparse.Namespace], int], args: argparse.Names
     except RankFailureError as error:  # a distributed job lost a rank: stop, do not hang
         sys.stderr.write(f"{name}: error: {error}\n")
         return 1
-    except (ValueError, OSError) as error:  # our input errors (CorpusError, OutputExistsError...)
+    # our input errors (CorpusError, OutputExistsError...; IndexError: a feature index out of range)
+    except (ValueError, OSError, IndexError) as error:
         sys.stderr.write(f"{name}: error: {error}\n")
         return 2
     except Exception as error:  # a bug or an upstream failure: the summary, not the traceback

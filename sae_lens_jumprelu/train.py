@@ -279,53 +279,37 @@ def finish_run(
 ) -> TrainResult:
     """Save the SAEs (``save_saes(saes_dir)``), evaluate them, write metrics, curves and
     ``run.json``: all into a directory beside ``job.out``, renamed into place once complete."""
-    with staged_dir(job.out, overwrite=True, carry=("checkpoints",)) as staging:
-        result = _finish_in(staging, job, model, names, save_saes, histories, held_out, exclude,
-                            seconds, norms, dataset)  # fmt: skip
+    with staged_dir(job.out, overwrite=True, carry=("checkpoints",)) as out:
+        sae_dirs = save_saes(out / "saes")
+        # Evaluate what a user gets: the saved files loaded by stock SAELens.
+        reloaded = {
+            name: SAE.load_from_disk(path, device=job.device) for name, path in sae_dirs.items()
+        }
+        started = time.perf_counter()
+        evaluations = evaluate_saes(model, reloaded, held_out, exclude)
+        seconds["evaluate"] = time.perf_counter() - started
+        write_evaluations(evaluations, out)
+        for name, evaluation in evaluations.items():
+            record_in_cfg(sae_dirs[name], evaluation)
+        curves = {
+            name: plot_training_curve(
+                histories[name], sae_dirs[name] / "training_curve.png",
+                names[name][1].get("target_l0"),
+            )
+            for name in sae_dirs
+        }  # fmt: skip
+        summary = {
+            "job": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
+            "model": model.cfg.model_name,
+            "dataset": dataset,
+            "mean_squared_norm": norms,
+            "seconds": seconds,
+            "metrics": {name: e.summary() for name, e in evaluations.items()},
+        }
+        (out / "run.json").write_text(json.dumps(summary, indent=2))
+        targets = {name: names[name][1].get("target_l0") for name in sae_dirs}
+        result = TrainResult(out, sae_dirs, evaluations, curves, seconds, targets)
     return result.moved_to(job.out)
-
-
-def _finish_in(
-    out: Path,
-    job: TrainJob,
-    model: Any,
-    names: dict[str, tuple[Site, dict[str, float]]],
-    save_saes: Callable[[Path], dict[str, Path]],
-    histories: dict[str, dict[str, list[float]]],
-    held_out: torch.Tensor,
-    exclude: list[int],
-    seconds: dict[str, float],
-    norms: dict[str, float],
-    dataset: str,
-) -> TrainResult:
-    sae_dirs = save_saes(out / "saes")
-    # Evaluate what a user gets: the saved files loaded by stock SAELens.
-    reloaded = {
-        name: SAE.load_from_disk(path, device=job.device) for name, path in sae_dirs.items()
-    }
-    started = time.perf_counter()
-    evaluations = evaluate_saes(model, reloaded, held_out, exclude)
-    seconds["evaluate"] = time.perf_counter() - started
-    write_evaluations(evaluations, out)
-    for name, evaluation in evaluations.items():
-        record_in_cfg(sae_dirs[name], evaluation)
-    curves = {
-        name: plot_training_curve(
-            histories[name], sae_dirs[name] / "training_curve.png", names[name][1].get("target_l0")
-        )
-        for name in sae_dirs
-    }
-    summary = {
-        "job": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
-        "model": model.cfg.model_name,
-        "dataset": dataset,
-        "mean_squared_norm": norms,
-        "seconds": seconds,
-        "metrics": {name: e.summary() for name, e in evaluations.items()},
-    }
-    (out / "run.json").write_text(json.dumps(summary, indent=2))
-    targets = {name: names[name][1].get("target_l0") for name in sae_dirs}
-    return TrainResult(out, sae_dirs, evaluations, curves, seconds, targets)
 
 
 def run_collect(job: TrainJob, contexts_per_shard: int = 64) -> ActivationCache:
