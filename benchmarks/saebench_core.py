@@ -20,7 +20,8 @@ embedded Gemma 3 270M once into ~/.cache/sae_lens_jumprelu/gemma-3-270m-f32):
     sae-jumprelu train --site resid:6 --tokens 50000 --eval-tokens 2000 --d-sae 2048 \\
         --out /tmp/saebench-work/run
 
-Evaluate it (~5 min on 2 CPU cores):
+Evaluate it (8 min measured on 2 CPU cores shared with another job; the reconstruction
+batches, three full-vocabulary forward passes each, take most of it):
 
     /tmp/saebench-venv/bin/python benchmarks/saebench_core.py \\
         --sae /tmp/saebench-work/run/saes/blocks.6.hook_resid_post --work /tmp/saebench-work
@@ -104,7 +105,10 @@ def build_hub_mirror(weights: Path, hf_home: Path) -> Path:
 
 
 def embedded_documents() -> Iterator[str]:
-    """The embedded text: pydoc topics, then stdlib docstrings (parsed with ``ast``)."""
+    """The embedded text: pydoc topics, then stdlib docstrings (parsed with ``ast``).
+
+    A copy of ``sae_lens_jumprelu.corpus.embedded_documents``: this script runs where the
+    package must not be importable (a stock environment); keep the two in step."""
     from pydoc_data.topics import topics
 
     yield from (topics[name] for name in sorted(topics))
