@@ -364,6 +364,15 @@ class ActivationCache:
             raise ActivationCacheError(
                 f"cache shard {path} is unreadable ({error}); {fix}"
             ) from error
+        d_in = {site.hook_name: site.d_in for site in self.sites}
+        for hook in hook_names:
+            if hook not in tensors or tensors[hook].shape[-1] != d_in.get(hook):
+                found = tuple(tensors[hook].shape) if hook in tensors else "nothing"
+                raise ActivationCacheError(
+                    f"cache shard {path} holds {found} for {hook}, but {MANIFEST} says d_in "
+                    f"{d_in.get(hook)}: the manifest was edited or the cache is damaged; "
+                    "collect into a new --out"
+                )
         return {hook: tensors[hook] for hook in hook_names}
 
     def iter_batches(

@@ -189,3 +189,16 @@ def test_collect_never_deletes_or_mixes_with_a_users_files(tmp_path, model, site
     with pytest.raises(ActivationCacheError, match=r"not empty and not a cache .*notes"):
         write_activation_cache(tmp_path, model, spec_for(sites), random_contexts(3))
     assert mine.read_text() == "a user's file" and sorted(tmp_path.iterdir()) == [mine]
+
+
+def test_a_manifest_edit_is_reported_as_a_cache_problem(tmp_path, model, sites):
+    write_activation_cache(tmp_path, model, spec_for(sites), random_contexts(3))
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    manifest["sites"][0]["d_in"] += 1
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ActivationCacheError, match="says d_in .*the manifest was edited"):
+        list(ActivationCache(tmp_path).iter_batches(8))
+    del manifest["shards"]
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ActivationCacheError, match=r"lacks \['shards'\]: the cache's manifest"):
+        ActivationCache(tmp_path)

@@ -154,3 +154,15 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match="negative thresholds"):
         read_gemma_scope(tmp_path / "neg.npz")
     assert zipfile.is_zipfile(tmp_path / "params.npz")
+
+
+def test_a_npy_renamed_npz_is_named_as_such(tmp_path):
+    import numpy as np
+
+    from sae_lens_jumprelu.convert import ConversionError
+    from sae_lens_jumprelu.convert.gemma_scope import read_gemma_scope
+
+    np.save(tmp_path / "params.npy", np.zeros(3, dtype=np.float32))
+    (tmp_path / "params.npy").rename(tmp_path / "params.npz")
+    with pytest.raises(ConversionError, match="is a single .npy array, not a Gemma Scope .npz"):
+        read_gemma_scope(tmp_path / "params.npz", hook_name="blocks.0.hook_resid_post", d_in=3)

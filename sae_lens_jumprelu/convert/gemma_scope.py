@@ -80,10 +80,17 @@ def params_file(path: Path) -> Path:
 
 def _read_npz(path: Path) -> dict[str, torch.Tensor]:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ConversionError(f"{path} is a single array, not a Gemma Scope .npz archive")
+        data = np.load(path, allow_pickle=False)
+        # np.load reads by content: a .npy renamed .npz gives a bare array, not an archive
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ConversionError(
+                f"{path} is a single .npy array, not a Gemma Scope .npz archive of W_enc, "
+                "b_enc, W_dec, b_dec and threshold"
+            )
+        with data:
             return {k: torch.from_numpy(np.array(data[k])) for k in data.files}
+    except ConversionError:
+        raise
     except FileNotFoundError as e:
         raise ConversionError(f"{path} does not exist") from e
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
