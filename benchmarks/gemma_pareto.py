@@ -111,6 +111,16 @@ class Bench:
     recipe: Recipe
     held_out_acts: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls, args: argparse.Namespace, cache: ActivationCache, model: Any, recipe: Recipe
+    ) -> "Bench":
+        """The cache's first ``args.eval_tokens`` held-out tokens, in whole contexts."""
+        held_out = cache.held_out_tokens()
+        assert held_out is not None
+        contexts = held_out[: math.ceil(args.eval_tokens / held_out.shape[1])]
+        return cls(args, cache, model, special_token_ids(model), contexts, recipe)
+
     def train_and_reload(
         self, site: Site, stats: StreamStatistics, runs: list[Run]
     ) -> dict[str, SAE[Any]]:
@@ -156,22 +166,13 @@ def main() -> None:
     started = time.perf_counter()
     cache = ensure_cache(args)
     model = load_model(cache.manifest["model"])
-    held_out = cache.held_out_tokens()
-    assert held_out is not None
     recipe = replace(
         SHORT_BUDGET,
         batch_size=args.batch_size,
         lr=args.ours_lr,
         sae={**SHORT_BUDGET.sae, **args.sae_config},
     )
-    bench = Bench(
-        args,
-        cache,
-        model,
-        special_token_ids(model),
-        held_out[: math.ceil(args.eval_tokens / held_out.shape[1])],
-        recipe,
-    )
+    bench = Bench.of(args, cache, model, recipe)
     chosen_lrs: dict[str, float] = {}
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "sites": {}}
     baselines = [c for c in args.contenders if c != OURS]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_lens_jumprelu.activations import SiteBatch, shuffled_batches, site_activations
-from sae_lens_jumprelu.atomic import write_file_atomic
+from sae_lens_jumprelu.atomic import prepare_output, write_file_atomic
 from sae_lens_jumprelu.sites import Site
 
 FORMAT = "sae-lens-jumprelu/activation-cache"
@@ -90,6 +90,7 @@ def write_activation_cache(
 ) -> "ActivationCache":
     """Collect (or finish collecting) the activations of ``contexts`` into ``out_dir``."""
     out = Path(out_dir)
+    check_cache_destination(out)
     out.mkdir(parents=True, exist_ok=True)
     for stray in out.glob(".*.tmp-*"):
         if _is_own_temp(stray.name):
@@ -140,22 +141,34 @@ def write_activation_cache(
     return ActivationCache(out)
 
 
-def _start_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    path = out / MANIFEST
-    if not path.exists():
-        if any(out.glob("shard_*.safetensors")):
-            raise ActivationCacheError(
-                f"{out} has shards but no {MANIFEST}: it is not a cache this tool can extend; "
-                "choose an empty directory"
-            )
-        others = sorted(
-            p.name for p in out.iterdir() if p.name != HELD_OUT and not _is_own_temp(p.name)
+def check_cache_destination(out: Path) -> None:
+    """``out`` can be collected into: absent, empty, or a cache this tool wrote (to extend).
+    Run before the model loads, and again when the collect starts."""
+    if out.exists() and not out.is_dir():
+        raise ActivationCacheError(f"--out {out} is a file, not a directory; choose another --out")
+    if not out.exists():
+        prepare_output(out, overwrite=False)  # its directory must take a new entry
+        return
+    if (out / MANIFEST).exists():
+        return
+    if any(out.glob("shard_*.safetensors")):
+        raise ActivationCacheError(
+            f"{out} has shards but no {MANIFEST}: it is not a cache this tool can extend; "
+            "choose an empty directory"
         )
-        if others:
-            raise ActivationCacheError(
-                f"{out} is not empty and not a cache (it holds {others[:3]}): collect writes "
-                "into a new or empty directory, or extends a cache it wrote; choose another --out"
-            )
+    others = sorted(
+        p.name for p in out.iterdir() if p.name != HELD_OUT and not _is_own_temp(p.name)
+    )
+    if others:
+        raise ActivationCacheError(
+            f"{out} is not empty and not a cache (it holds {others[:3]}): collect writes "
+            "into a new or empty directory, or extends a cache it wrote; choose another --out"
+        )
+
+
+def _start_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    check_cache_destination(out)
+    if not (out / MANIFEST).exists():
         return {"format": FORMAT, "version": VERSION, **identity, "shards": []}
     manifest = _read_manifest(out)
     changed = [key for key in _IDENTITY_KEYS if manifest.get(key) != identity[key]]

@@ -161,9 +161,19 @@ def iter_documents(dataset: str | None) -> Iterator[str | list[int]]:
             yield from _file_documents(file)
     elif path.exists():
         yield from _file_documents(path)
-    elif not dataset.startswith((".", "/", "~")) and ("/" in dataset or not path.suffix):
-        yield from _hf_documents(dataset)
     else:
+        check_dataset(dataset)
+        yield from _hf_documents(dataset)
+
+
+def check_dataset(dataset: str | None) -> None:
+    """A dataset that names a local path (``./x``, ``/x``, ``~/x``, ``x.txt``) must exist; the
+    early check, before any model loads. Other names are Hugging Face datasets."""
+    if dataset is None or dataset == EMBEDDED_CORPUS:
+        return
+    path = Path(dataset).expanduser()
+    looks_local = dataset.startswith((".", "/", "~")) or ("/" not in dataset and bool(path.suffix))
+    if looks_local and not path.exists():
         raise CorpusError(f"{dataset}: no such file or directory")
 
 

@@ -23,6 +23,7 @@ from sae_lens_jumprelu.atomic import prepare_output, staged_dir, write_text_atom
 from sae_lens_jumprelu.corpus import (
     EMBEDDED_CORPUS,
     CorpusError,
+    check_dataset,
     check_text_model,
     load_eval_contexts,
 )
@@ -130,6 +131,9 @@ def resolve_settings(job: EvalJob, sae: SAE[Any]) -> EvalSettings:
 
 def run_eval(job: EvalJob) -> EvalResult:
     check_device(job.device)
+    check_dataset(job.dataset)
+    if not job.tokens > 0:
+        raise ValueError(f"--tokens must be positive, got {job.tokens}")
     prepare_output(job.out, job.overwrite)
     seconds: dict[str, float] = {}
     started = time.perf_counter()

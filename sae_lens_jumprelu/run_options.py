@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens_jumprelu.config import JumpReLUSTETrainingSAEConfig
+from sae_lens_jumprelu.corpus import check_dataset
 from sae_lens_jumprelu.models import check_device
 from sae_lens_jumprelu.recipes import Recipe, get_recipe
 
@@ -52,6 +53,7 @@ class LanguageModelRun:
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        check_dataset(self.dataset)
         known = {f.name for f in fields(JumpReLUSTETrainingSAEConfig)}
         for name in self.sae_config:
             if name in _SET_BY_THE_JOB:

@@ -34,6 +34,7 @@ from sae_lens_jumprelu.convert.sae_lens_format import fold_saved_decoder_norms
 from sae_lens_jumprelu.corpus import TokenCorpus
 from sae_lens_jumprelu.evals import evaluate_saes, record_in_cfg
 from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
+from sae_lens_jumprelu.recipes import Recipe
 from sae_lens_jumprelu.run_options import LanguageModelRun
 from sae_lens_jumprelu.sites import Site, default_site_spec, resolve_sites
 from sae_lens_jumprelu.sweep_report import SweepRow, write_report
@@ -52,8 +53,8 @@ class SweepJob(LanguageModelRun):
 
     site: str | None = None
     """One site spec (``resid:9``, ``mlp:3``, a hook name); None: the middle residual stream."""
-    # 100k tokens: the whole default run (27 SAEs) costs ~25 CPU-minutes (README, "Compare
-    # architectures"); 200k at d_sae 2048 would be about 2.5 times that.
+    # 100k tokens: the whole default run (22 SAEs) costs ~25 CPU-minutes, 14 min wall on 2 cores
+    # (README, "Compare architectures", 2026-12-03); 200k at d_sae 2048 would be ~2.5 times that.
     tokens: int = 100_000
     """Training tokens, the same for every SAE."""
     # The SAE matmuls scale with d_sae: 2048 would double the training time of the default.
@@ -70,10 +71,10 @@ class SweepJob(LanguageModelRun):
     eval_tokens: int = 2048
     """Held-out tokens for L0, FVU and delta LM loss (documents never trained on; with
     ``activations``, the first of the cache's held-out contexts)."""
-    batch_size: int = 1024
+    batch_size: int = 256
     """Activations per training step, for every SAE (``train``'s measured default)."""
-    lr: float = 3e-4
-    """Learning rate of every SAE (``train``'s measured default)."""
+    lr: float | None = None
+    """Learning rate of every SAE; None: our recipe's (``train``'s default)."""
     dead_feature_window: int = 50
     """Steps without firing before SAELens's trainer calls a latent dead, which switches on
     TopK's and BatchTopK's auxiliary loss; SAELens's 1000 is longer than the default run."""
@@ -98,6 +99,11 @@ class SweepJob(LanguageModelRun):
                 f"--tokens {self.tokens} is less than one batch of {self.batch_size}: "
                 "train on more tokens or use a smaller --batch-size"
             )
+
+    def recipe_settings(self) -> Recipe:
+        """Our recipe with this sweep's batch size and learning rate (the recipe's if None)."""
+        recipe = self.our_recipe()
+        return replace(recipe, batch_size=self.batch_size, lr=self.lr or recipe.lr)
 
     def settings(self) -> list[tuple[Architecture, float]]:
         """(architecture, value of its knob) for every SAE, in table order."""
@@ -189,7 +195,7 @@ def run_sweep(
 
     started = time.perf_counter()
     # Every SAE gets our recipe's schedule (warm-up, decay), computed for this batch size.
-    recipe = replace(job.our_recipe(), batch_size=job.batch_size, lr=job.lr)
+    recipe = job.recipe_settings()
     settings = replace(
         recipe.trainer_settings(job.tokens, job.device),
         extra={"dead_feature_window": job.dead_feature_window},

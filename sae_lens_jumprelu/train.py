@@ -18,7 +18,12 @@ from typing import Any
 import torch
 from sae_lens import SAE
 
-from sae_lens_jumprelu.activation_cache import ActivationCache, CacheSpec, write_activation_cache
+from sae_lens_jumprelu.activation_cache import (
+    ActivationCache,
+    CacheSpec,
+    check_cache_destination,
+    write_activation_cache,
+)
 from sae_lens_jumprelu.activations import (
     iter_site_activations,
     peek_mean_squared_norms,
@@ -315,6 +320,7 @@ def finish_run(
 def run_collect(job: TrainJob, contexts_per_shard: int = 64) -> ActivationCache:
     """Write the activations of ``job.tokens`` tokens at ``job.sites`` to the cache
     ``job.out`` (resuming it if it exists)."""
+    check_cache_destination(job.out)  # before a minute of model loading
     torch.manual_seed(job.seed)
     model = load_model(job.model, device=job.device, dtype=job.dtype)
     sites = resolve_sites(model, job.sites or [default_site_spec(model)])
@@ -333,11 +339,14 @@ def run_collect(job: TrainJob, contexts_per_shard: int = 64) -> ActivationCache:
 
 def load_corpus(model: Any, job: TrainJob) -> TokenCorpus:
     check_text_model(model, job.context_size)
+    # Every context starts with BOS, whose activation is dropped: read enough contexts that
+    # the rest still fills ``job.tokens`` (a 300k-token run otherwise ran out 16 steps early).
+    bos_share = 1 / job.context_size if job.exclude_special_tokens else 0.0
     corpus = load_token_corpus(
         model.tokenizer,
         job.dataset,
         context_size=job.context_size,
-        train_tokens=job.tokens,
+        train_tokens=math.ceil(job.tokens / (1 - bos_share)),
         held_out_tokens=job.eval_tokens,
     )
     have = corpus.train.numel()

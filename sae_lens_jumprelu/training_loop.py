@@ -5,6 +5,7 @@ The loop is SAELens's ``MultiSAETrainer``'s (one ``SAETrainer`` per SAE, driven 
 metrics reach the training curves; one LM forward pass feeds every SAE.
 """
 
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,9 +42,14 @@ def train_in_lockstep(
     trainers = make_trainers(saes, settings, activation_scaling)
     trainer_cfg = settings.to_trainer_config()
     steps = trainer_cfg.total_training_steps
-    for _ in progress_bar(progress, iterable=range(steps), unit="step"):
+    for step in progress_bar(progress, iterable=range(steps), unit="step"):
         batch = next(batches, None)
         if batch is None:
+            warnings.warn(
+                f"the activations ran out after step {step} of {steps}: the SAEs trained on "
+                "fewer tokens than asked for",
+                stacklevel=2,
+            )
             break
         for name, trainer in trainers.items():
             trainer.maybe_reset_sparsity()

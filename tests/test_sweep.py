@@ -138,7 +138,7 @@ def test_bad_sweeps_fail_before_training(tmp_path, capsys):
         run_sweep(SweepJob(site="resid:*", out=tmp_path / "x"), tiny_model(), _corpus(4))
     assert not (tmp_path / "x").exists()
     assert main(["sweep", "--tokens", "100", "--out", str(tmp_path / "y")]) == 2
-    assert "less than one batch of 1024" in capsys.readouterr().err
+    assert "less than one batch of 256" in capsys.readouterr().err
 
 
 def test_cli_flags_reach_the_job():
@@ -164,3 +164,12 @@ def test_cli_flags_reach_the_job():
         ("gated", 0.5),
     ]
     assert _sweep_job(parse_args(["sweep"])) == SweepJob()  # the CLI's defaults are the job's
+
+
+def test_the_learning_rate_is_the_recipes_unless_given():
+    from sae_lens_jumprelu.recipes import PAPER, SHORT_BUDGET
+
+    assert SweepJob().recipe_settings().lr == SHORT_BUDGET.lr
+    assert SweepJob(recipe="paper").recipe_settings().lr == PAPER.lr
+    assert SweepJob(recipe="paper", lr=5e-3).recipe_settings().lr == 5e-3
+    assert SweepJob(recipe="paper").recipe_settings().batch_size == SweepJob().batch_size
