@@ -143,7 +143,7 @@ def write_activation_cache(
 
 def check_cache_destination(out: Path) -> None:
     """``out`` can be collected into: absent, empty, or a cache this tool wrote (to extend).
-    Run before the model loads, and again when the collect starts."""
+    Run before the model loads (``run_collect``) and when the collect starts."""
     if out.exists() and not out.is_dir():
         raise ActivationCacheError(f"--out {out} is a file, not a directory; choose another --out")
     if not out.exists():
@@ -167,7 +167,8 @@ def check_cache_destination(out: Path) -> None:
 
 
 def _start_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    check_cache_destination(out)
+    """The manifest to extend, or a new one (``out`` already passed
+    ``check_cache_destination``)."""
     if not (out / MANIFEST).exists():
         return {"format": FORMAT, "version": VERSION, **identity, "shards": []}
     manifest = _read_manifest(out)
