@@ -51,7 +51,7 @@ class Architecture:
     build: SaeBuilder
     """Makes the SAE for one value of the knob."""
     self_normalising: bool = False
-    """True for ours (E||x||^2 = 1 inside the SAE); the built-ins use SAELens's scaler."""
+    """True for ours (a fixed E||x||^2 inside the SAE); the built-ins use SAELens's scaler."""
 
     def setting(self, value: float) -> str:
         return f"{self.knob}={value:g}"

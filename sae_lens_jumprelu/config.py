@@ -2,7 +2,8 @@
 
 Every inherited field keeps SAELens's meaning; the additions are documented once, under each field.
 Units: with ``normalize_to_unit_mean_square`` on (the default), thresholds, bandwidth and losses
-are in the paper's units, where the training activations have E||x||^2 = 1.
+are in units where the training activations have E||x||^2 = ``normalized_mean_squared_norm``
+(3.4 by default; the paper's 1 in the ``paper`` recipe).
 """
 
 from dataclasses import dataclass
@@ -64,10 +65,11 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     """Keep decoder rows at unit norm: the gradient component parallel to each row is removed
     before the optimizer step and the rows are renormalised after it (paper, appendix)."""
 
-    max_grad_norm: float | None = 1.0
-    """Global gradient-norm clip applied instead of SAELens's hard-coded one (None: no clipping,
-    the paper's). 1.0 bounds the early sparsity-gradient spikes that would otherwise inflate Adam's
-    second moment and freeze the thresholds (benchmarks/sparsity_mechanisms.py)."""
+    max_grad_norm: float | None = 0.1
+    """Global gradient-norm clip applied instead of SAELens's hard-coded 1.0 (None: no clipping,
+    the paper's). The threshold's STE gradient dominates the global norm, so the default 0.1
+    (``short_budget``'s) slows the encoder and decoder while the thresholds are moving fast
+    (why: ``recipes.py``)."""
 
     target_l0_rate: float = 0.1
     """Integral gain of target mode, in units of the initial lambda: the integral moves by at most

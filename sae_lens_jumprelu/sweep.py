@@ -310,7 +310,7 @@ def _new_sae(
 def set_normalisation(
     arch: Architecture, sae: TrainingSAE[Any], stats: StreamStatistics, init_b_dec_to_mean: bool
 ) -> float | None:
-    """Ours: E||x||^2 = 1 inside the SAE (returns None). Built-ins: the factor SAELens's
+    """Ours: a fixed E||x||^2 inside the SAE (returns None). Built-ins: the factor SAELens's
     trainer scales inputs by, SAELens's own estimate sqrt(d_in) / E||x||
     (``ActivationScaler.estimate_scaling_factor``) on the same batches; with
     ``init_b_dec_to_mean`` their b_dec starts at the scaled mean, as ours does."""

@@ -78,10 +78,11 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
     """JumpReLU SAE trained with straight-through estimators of the L0 (Rajamanoharan et al. 2024).
 
     State beyond SAELens's ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``:
-    ``threshold_raw`` (theta / threshold_lr_scale, or log theta), ``input_scale`` (the E||x||^2 = 1
-    scalar; the weights live in those normalised units), ``l0_coefficient_integral`` (the
-    integral term of target mode's controller) and ``threshold_ceiling`` (the moving average of
-    each latent's batch maximum that bounds its theta).
+    ``threshold_raw`` (theta / threshold_lr_scale, or log theta), ``input_scale`` (the scalar
+    that gives E||x||^2 = ``normalized_mean_squared_norm``; the weights live in those units),
+    ``l0_coefficient_integral`` (the integral term of target mode's controller) and
+    ``threshold_ceiling`` (the moving average of each latent's batch maximum that bounds its
+    theta).
     """
 
     b_enc: nn.Parameter
@@ -217,7 +218,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             fwd = self._sparse_forward(x)
         else:
             fwd = self._dense_forward(x)
-        # The paper's loss is in normalised units: ||x - x_hat||^2 with E||x||^2 = 1.
+        # The paper's loss is in normalised units: ||x - x_hat||^2 at the input scale's E||x||^2.
         error = (fwd.sae_out - x.to(fwd.sae_out.dtype)).float() * self.input_scale
         mse_loss = error.pow(2).sum(dim=-1).mean()
 

@@ -6,12 +6,14 @@ The hook only instruments modules imported inside the ``with`` block, so this mu
 first import of the package in the test session.
 """
 
+import importlib
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import sys  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
@@ -22,50 +24,27 @@ from jaxtyping import install_import_hook  # noqa: E402
 # latency made each elementwise op ~100x slower (30 SAE steps: 18 s vs 0.4 s).
 torch.set_num_threads(1)
 
-# Every module but ``config``: there beartype would reject a bad Literal (an unknown kernel, say)
-# in the dataclass __init__ before __post_init__, hiding the ValueError users actually get; the
-# same holds for ``convert.weights`` (a wrong-shaped tensor must reach the ConversionError).
-CHECKED_MODULES = [
+PACKAGE = Path(__file__).resolve().parent.parent / "sae_lens_jumprelu"
+# Not checked: in ``config`` beartype would reject a bad Literal (an unknown kernel, say) in the
+# dataclass __init__ before __post_init__, hiding the ValueError users actually get; the same
+# holds for ``convert.weights`` (a wrong-shaped tensor must reach the ConversionError).
+UNCHECKED_MODULES = {"config", "convert.weights"}
+CHECKED_MODULES = sorted(
     f"sae_lens_jumprelu.{name}"
-    for name in (
-        "ste",
-        "sparsity",
-        "sparse_step",
-        "training_sae",
-        "grad_control",
-        "metrics",
-        "registration",
-        "synthetic",
-        "convert.gated",
-        "convert.verify",
-        "convert.atomic",
-        "convert.sae_lens_format",
-        "convert.gemma_scope",
-        "convert.dictionary_learning",
-        "convert.api",
-        "sae_source",
-        "eval_job",
-        "analysis.hooked",
-        "analysis.attribution",
-        "analysis.interventions",
-        "analysis.feature_stats",
-        "analysis.logit_effects",
-        "dashboard.build",
-        "dashboard.html",
-    )
-]
+    for path in PACKAGE.rglob("*.py")
+    if path.name not in ("__init__.py", "__main__.py")
+    for name in [".".join(path.relative_to(PACKAGE).with_suffix("").parts)]
+    if name not in UNCHECKED_MODULES
+)
 assert "sae_lens_jumprelu" not in sys.modules, (
     "imported before the jaxtyping hook: shapes unchecked"
 )
 # PEP 484's numeric tower (an int where float is annotated, as in target_l0=50), as mypy reads it.
 TYPECHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
 with install_import_hook(CHECKED_MODULES, TYPECHECKER):
-    import sae_lens_jumprelu  # noqa: F401
-    import sae_lens_jumprelu.analysis  # noqa: F401
-    import sae_lens_jumprelu.convert  # noqa: F401
-    import sae_lens_jumprelu.dashboard  # noqa: F401
-    import sae_lens_jumprelu.eval_job  # noqa: F401
-    import sae_lens_jumprelu.synthetic  # noqa: F401
+    # The hook instruments only what is imported inside this block: import every module now.
+    for module in CHECKED_MODULES:
+        importlib.import_module(module)
 
 from sae_lens.saes.sae import TrainStepInput  # noqa: E402
 

@@ -122,6 +122,7 @@ def test_unclipped_gradients_are_left_alone(
         d_sae=16,
         jumprelu_bandwidth=0.05,
         l0_coefficient=1e-4,
+        max_grad_norm=1.0,  # SAELens's own value
         normalize_to_unit_mean_square=False,
         # the ceiling would pull theta into the inputs' window, where its gradient is ~1/eps
         threshold_ceiling_decay=None,
