@@ -103,6 +103,6 @@ def peek_mean_squared_norms(
     return norms, chain(head, batches)
 
 
-def mean_squared_norm(parts: list[Float[Tensor, "n d"]]) -> float:
+def mean_squared_norm(parts: list[Float[Tensor, "_ d"]]) -> float:
     total = sum(part.float().pow(2).sum().item() for part in parts)
     return total / max(1, sum(part.shape[0] for part in parts))
