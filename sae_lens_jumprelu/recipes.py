@@ -144,7 +144,7 @@ SHORT_BUDGET = Recipe(
         # A global clip, far below the threshold's typical gradient norm (median 6.2 at
         # target 16), so the encoder's and decoder's steps shrink while the thresholds' STE
         # gradient is large: they learn the dictionary once L0 has settled. Gemma 3 270M layer
-        # 6, batch 256, 964 steps, 2026-12-03 (docs/results.md): delta LM loss at targets
+        # 6, batch 256, 971 steps, 2026-12-03 (docs/results.md): delta LM loss at targets
         # 16 / 64 with 1.0: 0.505 / 0.174; 0.3: 0.418 / 0.137; 0.1: 0.348 / 0.146; clipping each
         # parameter on its own: 0.600 / 0.304; no clip: 0.762 at 16.
         "max_grad_norm": 0.1,
