@@ -85,6 +85,11 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     batch's maximum. No threshold can then climb past every input and leave its latent dead with
     no gradient, while a latent may still fire in few batches (None: no ceiling, the paper's)."""
 
+    auxk_loss_coefficient: float | None = None
+    """Weight of an auxiliary loss in which dead latents (SAELens's trainer's
+    ``dead_neuron_mask``) reconstruct the live latents' residual, Gao et al.'s (2024) AuxK
+    adapted to JumpReLU (``JumpReLUSTETrainingSAE._auxk_loss``). None: off (the paper has none)."""
+
     check_finite: bool = True
     """Stop with an error naming the step when an activation batch holds NaN or Inf."""
 
@@ -165,6 +170,8 @@ def _validate(cfg: JumpReLUSTETrainingSAEConfig) -> None:
             "threshold_ceiling_decay",
             f"must be None or in [0, 1), got {cfg.threshold_ceiling_decay}",
         )
+    if cfg.auxk_loss_coefficient is not None and not cfg.auxk_loss_coefficient >= 0:
+        fail("auxk_loss_coefficient", f"must be None or >= 0, got {cfg.auxk_loss_coefficient}")
     if cfg.sparse_step not in ("auto", "on", "off"):
         fail("sparse_step", f"must be 'auto', 'on' or 'off', got {cfg.sparse_step!r}")
     if cfg.l0_warm_up_steps < 0:

@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float
 from sae_lens.saes.jumprelu_sae import calculate_pre_act_loss
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
+from sae_lens.saes.topk_sae import calculate_topk_aux_acts
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -225,6 +226,8 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         self._update_threshold_ceiling(fwd.latent_max)
         coefficient = self._l0_coefficient(step_input, fwd.batch_l0)
         losses = {"mse_loss": mse_loss, **self._sparsity_losses(step_input, coefficient, fwd)}
+        if self.cfg.auxk_loss_coefficient is not None:
+            losses["auxk_loss"] = self._auxk_loss(step_input.dead_neuron_mask, fwd, -error)
         return TrainStepOutput(
             sae_in=x,
             sae_out=fwd.sae_out,
@@ -410,8 +413,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         return losses
 
     def _pre_act_loss(self, dead: Tensor | None, fwd: "_Forward") -> Tensor:
-        """SAELens's pre-activation loss on dead latents; a sparse step computes the
-        pre-activations of the dead latents alone (a matmul as wide as their number)."""
+        """SAELens's pre-activation loss on dead latents."""
         coefficient = self.cfg.pre_act_loss_coefficient
         assert coefficient is not None
         if fwd.encoder_input is None:
@@ -423,17 +425,45 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
                 fwd.decoder_norms,
             )
         if dead is None or not bool(dead.any()):
-            return fwd.hidden_pre.new_tensor(0.0)
+            return fwd.sae_out.new_tensor(0.0)
         idx = dead.nonzero().squeeze(1)
-        x_enc = fwd.encoder_input - self.b_dec * self.cfg.apply_b_dec_to_input
-        hidden_pre = x_enc @ self.W_enc.index_select(1, idx) + self.b_enc.index_select(0, idx)
         return calculate_pre_act_loss(
             coefficient,
-            fwd.threshold.index_select(0, idx).to(hidden_pre.dtype),
-            hidden_pre,
+            fwd.threshold.index_select(0, idx).to(fwd.sae_out.dtype),
+            self._dead_pre_activations(idx, fwd),
             dead.index_select(0, idx),
             fwd.decoder_norms.index_select(0, idx),
         )
+
+    def _auxk_loss(
+        self, dead: Tensor | None, fwd: "_Forward", residual: Float[Tensor, "batch d_in"]
+    ) -> Tensor:
+        """Gao et al.'s (2024) auxiliary loss, on JumpReLU latents: per token, the ``d_in / 2``
+        dead latents with the largest pre-activations (ReLU'd, thresholds ignored) reconstruct
+        what the live ones missed, so their encoder columns and decoder rows, which get no
+        other gradient, learn directions the reconstruction needs. Scaled down by
+        n_dead / (d_in / 2) when fewer latents are dead, as in SAELens's TopK."""
+        coefficient = self.cfg.auxk_loss_coefficient
+        assert coefficient is not None
+        if dead is None or not bool(dead.any()):
+            return fwd.sae_out.new_tensor(0.0)
+        idx = dead.nonzero().squeeze(1)
+        k_aux = self.cfg.d_in // 2
+        pre = self._dead_pre_activations(idx, fwd).relu()
+        acts = calculate_topk_aux_acts(
+            min(k_aux, idx.numel()), pre, torch.ones(idx.numel(), dtype=torch.bool, device=pre.device)
+        )
+        recon = acts @ self.W_dec.index_select(0, idx)
+        scale = min(idx.numel() / k_aux, 1.0)
+        return coefficient * scale * (recon - residual.detach()).pow(2).sum(dim=-1).mean()
+
+    def _dead_pre_activations(self, idx: Tensor, fwd: "_Forward") -> Tensor:
+        """Pre-activations of the latents ``idx``, with grad: sliced from a dense step's, or (a
+        sparse step keeps none) a matmul as wide as ``idx``."""
+        if fwd.encoder_input is None:
+            return fwd.hidden_pre.reshape(-1, self.cfg.d_sae).index_select(1, idx)
+        x_enc = fwd.encoder_input - self.b_dec * self.cfg.apply_b_dec_to_input
+        return x_enc @ self.W_enc.index_select(1, idx) + self.b_enc.index_select(0, idx)
 
     def _check_batch(self, x: Tensor, step: int) -> None:
         if x.shape[-1] != self.cfg.d_in:

@@ -24,6 +24,7 @@ STRATEGIES = {
     "tanh": {"jumprelu_sparsity_loss_mode": "tanh", "pre_act_loss_coefficient": 0.3},
     "quadratic": {"jumprelu_sparsity_loss_mode": "quadratic", "target_l0": L0},
     "target": {"jumprelu_sparsity_loss_mode": "step", "target_l0": L0},
+    "auxk": {"jumprelu_sparsity_loss_mode": "step", "auxk_loss_coefficient": 0.5},
 }
 
 
@@ -118,8 +119,9 @@ def test_loss_and_gradients_equal_dense_step(
     assert (in_window & (gap <= 0)).sum() > 20 and (gap > 0).sum() > 20
     assert torch.equal(sparse_out.feature_acts.to_dense(), dense_out.feature_acts.detach())
     assert sparse_out.metrics["l0"] == dense_out.metrics["l0"]
-    if "pre_act_loss" in dense_out.losses:
-        assert dense_out.losses["pre_act_loss"] > 0
+    for aux in ("pre_act_loss", "auxk_loss"):
+        if aux in dense_out.losses:
+            assert dense_out.losses[aux] > 0
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import torch
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig, JumpReLUTrainingSAE
 from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAEConfig as SAELensTrainingConfig
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_jumprelu import (
@@ -565,6 +566,89 @@ def test_losses_and_grads_match_sae_lens_jumprelu_trainer(
         )
     assert ref.threshold.grad is not None and ref.threshold.grad.abs().max() > 0
     torch.testing.assert_close(sae.threshold_raw.grad, ref.threshold.grad, rtol=1e-4, atol=1e-6)
+
+
+# ---- AuxK loss on dead latents ------------------------------------------------------------------
+
+
+def test_auxk_loss_matches_sae_lens_topk_aux_loss(make_sae: MakeSAE) -> None:
+    # SAELens's TopK aux loss on the ReLU'd pre-activations is ours at input_scale 1.
+    sae = make_sae(d_in=8, d_sae=32, normalize_to_unit_mean_square=False, auxk_loss_coefficient=0.3)
+    randomise(sae, input_scale=1.0)
+    ref = TopKTrainingSAE(
+        TopKTrainingSAEConfig(
+            d_in=8, d_sae=32, k=4, aux_loss_coefficient=0.3, rescale_acts_by_decoder_norm=False
+        )
+    )
+    with torch.no_grad():
+        ref.W_dec.copy_(sae.W_dec)
+    x = torch.randn(64, 8)
+    dead = torch.arange(32) % 3 == 0  # 11 dead latents, more than k_aux = d_in / 2 = 4
+    step = TrainStepInput(
+        sae_in=x,
+        coefficients={"l0": 0.1},
+        dead_neuron_mask=dead,
+        n_training_steps=0,
+        is_logging_step=False,
+    )
+    out = sae.training_forward_pass(step)
+    expected = ref.calculate_topk_aux_loss(x, out.sae_out, out.hidden_pre.relu(), dead)
+    assert out.losses["auxk_loss"].item() > 0
+    torch.testing.assert_close(out.losses["auxk_loss"], expected)
+
+
+def test_auxk_loss_scales_down_when_few_latents_are_dead(make_sae: MakeSAE) -> None:
+    sae = make_sae(d_in=8, d_sae=32, normalize_to_unit_mean_square=False, auxk_loss_coefficient=1.0)
+    randomise(sae, input_scale=1.0)
+    x = torch.randn(64, 8)
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[5] = True  # one dead latent, k_aux = 4: the loss is a quarter of its own AuxK term
+    step = TrainStepInput(
+        sae_in=x,
+        coefficients={"l0": 0.1},
+        dead_neuron_mask=dead,
+        n_training_steps=0,
+        is_logging_step=False,
+    )
+    out = sae.training_forward_pass(step)
+    with torch.no_grad():
+        residual = x - out.sae_out
+        recon = out.hidden_pre[:, 5:6].relu() * sae.W_dec[5]
+        expected = 0.25 * (recon - residual).pow(2).sum(dim=-1).mean()
+    torch.testing.assert_close(out.losses["auxk_loss"], expected)
+
+
+def test_auxk_loss_trains_only_the_dead_latents(make_sae: MakeSAE) -> None:
+    sae = make_sae(d_in=8, d_sae=32, auxk_loss_coefficient=1.0)
+    randomise(sae)
+    dead = torch.arange(32) % 4 == 0
+    step = TrainStepInput(
+        sae_in=torch.randn(64, 8),
+        coefficients={"l0": 0.1},
+        dead_neuron_mask=dead,
+        n_training_steps=0,
+        is_logging_step=False,
+    )
+    sae.training_forward_pass(step).losses["auxk_loss"].backward()
+    # a dead latent learns where it is among a token's k_aux largest positive pre-activations
+    assert sae.W_dec.grad[dead].abs().sum(dim=-1).gt(0).sum() >= 4
+    assert sae.W_enc.grad[:, dead].abs().sum(dim=0).gt(0).sum() >= 4
+    assert sae.W_dec.grad[~dead].eq(0).all() and sae.W_enc.grad[:, ~dead].eq(0).all()
+    assert sae.threshold_raw.grad is None or sae.threshold_raw.grad.eq(0).all()
+
+
+def test_auxk_loss_is_zero_without_dead_latents(make_sae: MakeSAE) -> None:
+    sae = make_sae(d_in=8, d_sae=32, auxk_loss_coefficient=1.0)
+    randomise(sae)
+    for dead in (None, torch.zeros(32, dtype=torch.bool)):
+        step = TrainStepInput(
+            sae_in=torch.randn(64, 8),
+            coefficients={"l0": 0.1},
+            dead_neuron_mask=dead,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
+        assert sae.training_forward_pass(step).losses["auxk_loss"].item() == 0
 
 
 # ---- threshold ceiling --------------------------------------------------------------------------
