@@ -13,10 +13,14 @@ from sae_lens.config import CacheActivationsRunnerConfig
 from sae_lens.training.activations_store import ActivationsStore
 from transformer_lens import HookedTransformer
 
-from sae_lens_jumprelu.activation_cache import ActivationCache, CacheSpec, write_activation_cache
-from sae_lens_jumprelu.activations import special_token_ids
-from sae_lens_jumprelu.models import EMBEDDED_MODEL, embedded_weights_dir
-from sae_lens_jumprelu.sites import Site
+from sae_lens_jumprelu.data.activation_cache import (
+    ActivationCache,
+    CacheSpec,
+    write_activation_cache,
+)
+from sae_lens_jumprelu.data.activations import special_token_ids
+from sae_lens_jumprelu.data.models import EMBEDDED_MODEL, embedded_weights_dir
+from sae_lens_jumprelu.data.sites import Site
 
 CONTEXT_SIZE = 128
 CONTEXTS_PER_PASS = 16

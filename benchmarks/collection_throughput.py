@@ -53,10 +53,10 @@ from cache_formats import (
 from sae_lens.training.activations_store import ActivationsStore
 from transformer_lens import HookedTransformer
 
-from sae_lens_jumprelu.activations import SiteBatch, iter_site_activations, special_token_ids
-from sae_lens_jumprelu.corpus import load_token_corpus
-from sae_lens_jumprelu.models import load_model
-from sae_lens_jumprelu.sites import resolve_sites
+from sae_lens_jumprelu.data.activations import SiteBatch, iter_site_activations, special_token_ids
+from sae_lens_jumprelu.data.corpus import load_token_corpus
+from sae_lens_jumprelu.data.models import load_model
+from sae_lens_jumprelu.data.sites import resolve_sites
 
 SITE_SETS = {
     1: ["resid:6"],

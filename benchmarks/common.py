@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from sae_lens.saes.sae import TrainingSAE
 
+from sae_lens_jumprelu.data.synthetic import SyntheticTask, score_on_synthetic, train_on_synthetic
 from sae_lens_jumprelu.recipes import Recipe
-from sae_lens_jumprelu.synthetic import SyntheticTask, score_on_synthetic, train_on_synthetic
 
 SaeFactory = Callable[[int], TrainingSAE[Any]]
 """Builds a fresh SAE for ``d_in``; must be picklable (a module-level function or a partial)."""

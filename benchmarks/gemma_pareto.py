@@ -29,17 +29,17 @@ import torch
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE
 
-from sae_lens_jumprelu.activation_cache import ActivationCache
-from sae_lens_jumprelu.activations import iter_site_activations, special_token_ids
 from sae_lens_jumprelu.architectures import ARCHITECTURES, Architecture
 from sae_lens_jumprelu.atomic import write_dir_atomic, write_text_atomic
+from sae_lens_jumprelu.commands.sweep import StreamStatistics, set_normalisation
+from sae_lens_jumprelu.commands.train import TrainJob, run_collect
+from sae_lens_jumprelu.data.activation_cache import ActivationCache
+from sae_lens_jumprelu.data.activations import iter_site_activations, special_token_ids
+from sae_lens_jumprelu.data.models import load_model
+from sae_lens_jumprelu.data.sites import Site, resolve_sites
 from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes
-from sae_lens_jumprelu.models import load_model
 from sae_lens_jumprelu.recipes import SHORT_BUDGET, Recipe
-from sae_lens_jumprelu.sites import Site, resolve_sites
-from sae_lens_jumprelu.sweep import StreamStatistics, set_normalisation
-from sae_lens_jumprelu.train import TrainJob, run_collect
-from sae_lens_jumprelu.training_loop import train_in_lockstep
+from sae_lens_jumprelu.training.lockstep import train_in_lockstep
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

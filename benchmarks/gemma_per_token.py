@@ -26,14 +26,14 @@ from jaxtyping import Float, Int
 from sae_lens import SAE
 from torch import Tensor
 
-from sae_lens_jumprelu.activation_cache import ActivationCache
-from sae_lens_jumprelu.activations import special_token_ids
 from sae_lens_jumprelu.architectures import ARCHITECTURES
 from sae_lens_jumprelu.atomic import write_text_atomic
-from sae_lens_jumprelu.models import load_model
+from sae_lens_jumprelu.data.activation_cache import ActivationCache
+from sae_lens_jumprelu.data.activations import special_token_ids
+from sae_lens_jumprelu.data.models import load_model
+from sae_lens_jumprelu.data.sites import resolve_sites
 from sae_lens_jumprelu.progress import progress_bar
 from sae_lens_jumprelu.recipes import SHORT_BUDGET
-from sae_lens_jumprelu.sites import resolve_sites
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -21,8 +21,8 @@ from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_lens_jumprelu import JumpReLUSTETrainingSAE
+from sae_lens_jumprelu.data.synthetic import SyntheticTask
 from sae_lens_jumprelu.recipes import SHORT_BUDGET
-from sae_lens_jumprelu.synthetic import SyntheticTask
 
 LAMBDAS = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 

@@ -19,8 +19,8 @@ from common import Job, run_jobs
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_lens_jumprelu import JumpReLUSTETrainingSAE
+from sae_lens_jumprelu.data.synthetic import SyntheticTask
 from sae_lens_jumprelu.recipes import PAPER, SHORT_BUDGET, Recipe
-from sae_lens_jumprelu.synthetic import SyntheticTask
 
 
 def variants() -> dict[str, Recipe]:

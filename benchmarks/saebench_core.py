@@ -35,7 +35,7 @@ Under ``--work`` the script builds, when missing:
   dequantised to float32, not Google's bf16 release: numbers are not comparable to published
   Gemma 3 270M results.
 - ``dataset/embedded_held_out.jsonl``: ``{"text": ...}`` rows of the embedded text (pydoc topics,
-  then stdlib docstrings, read as ``sae_lens_jumprelu.corpus`` reads them), only the documents
+  then stdlib docstrings, read as ``sae_lens_jumprelu.data.corpus`` reads them), only the documents
   its held-out rule sets aside (every 20th), the ones ``sae-jumprelu eval`` reads. A ``train``
   run holds them out until its ``--eval-tokens`` are full and trains on later ones, so a few may
   have been seen in training. SAEBench is given the directory (``datasets`` cannot stream a
@@ -66,7 +66,7 @@ MIRRORED_FILES = (
     "tokenizer_config.json",
     "model.safetensors",
 )
-# sae_lens_jumprelu.corpus's held-out rule and docstring filter, copied: this script must not
+# sae_lens_jumprelu.data.corpus's held-out rule and docstring filter, copied: this script must not
 # import the package.
 HELD_OUT_EVERY = 20
 MIN_DOCSTRING_CHARS = 120
@@ -107,7 +107,7 @@ def build_hub_mirror(weights: Path, hf_home: Path) -> Path:
 def embedded_documents() -> Iterator[str]:
     """The embedded text: pydoc topics, then stdlib docstrings (parsed with ``ast``).
 
-    A copy of ``sae_lens_jumprelu.corpus.embedded_documents``: this script runs where the
+    A copy of ``sae_lens_jumprelu.data.corpus.embedded_documents``: this script runs where the
     package must not be importable (a stock environment); keep the two in step."""
     from pydoc_data.topics import topics
 

@@ -19,8 +19,8 @@ from common import Job, run_jobs
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_lens_jumprelu import JumpReLUSTETrainingSAE
+from sae_lens_jumprelu.data.synthetic import SyntheticTask
 from sae_lens_jumprelu.recipes import SHORT_BUDGET
-from sae_lens_jumprelu.synthetic import SyntheticTask
 
 SAE_LENS_DEFAULTS: dict[str, Any] = {
     "normalize_to_unit_mean_square": False,

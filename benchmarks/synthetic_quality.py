@@ -33,8 +33,8 @@ from sae_lens import (
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_lens_jumprelu import JumpReLUSTETrainingSAE
+from sae_lens_jumprelu.data.synthetic import SyntheticTask
 from sae_lens_jumprelu.recipes import SHORT_BUDGET
-from sae_lens_jumprelu.synthetic import SyntheticTask
 
 
 def ours(d_in: int, d_sae: int, k: float) -> TrainingSAE[Any]:

@@ -27,10 +27,10 @@ import torch  # noqa: E402
 from sae_lens.synthetic.training import SyntheticActivationIterator  # noqa: E402
 
 from sae_lens_jumprelu.architectures import ARCHITECTURES  # noqa: E402
+from sae_lens_jumprelu.commands.sweep import StreamStatistics, set_normalisation  # noqa: E402
+from sae_lens_jumprelu.data.synthetic import SyntheticTask, score_on_synthetic  # noqa: E402
 from sae_lens_jumprelu.recipes import SHORT_BUDGET  # noqa: E402
-from sae_lens_jumprelu.sweep import StreamStatistics, set_normalisation  # noqa: E402
-from sae_lens_jumprelu.synthetic import SyntheticTask, score_on_synthetic  # noqa: E402
-from sae_lens_jumprelu.training_loop import train_in_lockstep  # noqa: E402
+from sae_lens_jumprelu.training.lockstep import train_in_lockstep  # noqa: E402
 
 # Chosen so the L0 ranges overlap around the ~2.2 true features per sample, from a first
 # --quick run (ours, fixed lambda: 1e-3, 3e-3, 1e-2 gave L0 59, 30, 11 in 150 steps).

@@ -53,9 +53,9 @@ from sae_lens import (
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInput
 
 from sae_lens_jumprelu import JumpReLUSTETrainingSAE, JumpReLUSTETrainingSAEConfig
+from sae_lens_jumprelu.data.synthetic import SyntheticTask
 from sae_lens_jumprelu.recipes import SHORT_BUDGET
 from sae_lens_jumprelu.sparse_step import free_scratch_buffer
-from sae_lens_jumprelu.synthetic import SyntheticTask
 
 D_IN, BATCH, L0 = 640, 4096, 64
 SIZES = (4096, 16384, 65536)

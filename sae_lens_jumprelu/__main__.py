@@ -1,3 +1,3 @@
-from sae_lens_jumprelu.cli import main
+from sae_lens_jumprelu.commands.cli import main
 
 raise SystemExit(main())

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sae_lens_jumprelu.config import JumpReLUSTETrainingSAEConfig
-from sae_lens_jumprelu.trainer_settings import TrainerSettings
+from sae_lens_jumprelu.training.settings import TrainerSettings
 
 
 @dataclass(frozen=True)

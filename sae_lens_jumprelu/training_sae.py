@@ -451,7 +451,9 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         k_aux = self.cfg.d_in // 2
         pre = self._dead_pre_activations(idx, fwd).relu()
         acts = calculate_topk_aux_acts(
-            min(k_aux, idx.numel()), pre, torch.ones(idx.numel(), dtype=torch.bool, device=pre.device)
+            min(k_aux, idx.numel()),
+            pre,
+            torch.ones(idx.numel(), dtype=torch.bool, device=pre.device),
         )
         recon = acts @ self.W_dec.index_select(0, idx)
         scale = min(idx.numel() / k_aux, 1.0)

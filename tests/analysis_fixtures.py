@@ -4,7 +4,7 @@ import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
 from sae_lens_jumprelu.analysis import hooked_sae_transformer
-from sae_lens_jumprelu.models import tiny_gemma2
+from sae_lens_jumprelu.data.models import tiny_gemma2
 
 
 def tiny_hooked(seed: int = 0):

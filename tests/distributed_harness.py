@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.multiprocessing as mp
 
-from sae_lens_jumprelu import distributed
+from sae_lens_jumprelu.training import distributed
 
 
 @dataclass

@@ -4,7 +4,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from sae_lens_jumprelu.models import tiny_gemma2
+from sae_lens_jumprelu.data.models import tiny_gemma2
 
 BOS, EOS, PAD = 2, 1, 0
 

@@ -4,15 +4,15 @@ import pytest
 import torch
 from gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 
-from sae_lens_jumprelu.activation_cache import (
+from sae_lens_jumprelu.data.activation_cache import (
     MANIFEST,
     ActivationCache,
     ActivationCacheError,
     CacheSpec,
     write_activation_cache,
 )
-from sae_lens_jumprelu.activations import site_activations
-from sae_lens_jumprelu.sites import resolve_sites
+from sae_lens_jumprelu.data.activations import site_activations
+from sae_lens_jumprelu.data.sites import resolve_sites
 
 SPECIAL = [PAD, EOS, BOS]
 

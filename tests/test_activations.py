@@ -2,13 +2,13 @@ import pytest
 import torch
 from gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 
-from sae_lens_jumprelu.activations import (
+from sae_lens_jumprelu.data.activations import (
     iter_site_activations,
     peek_mean_squared_norms,
     shuffled_batches,
     site_activations,
 )
-from sae_lens_jumprelu.sites import resolve_sites
+from sae_lens_jumprelu.data.sites import resolve_sites
 
 SPECIAL = [PAD, EOS, BOS]
 

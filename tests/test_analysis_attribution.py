@@ -6,7 +6,7 @@ import torch
 from analysis_fixtures import contexts, random_sae, tiny_hooked
 
 from sae_lens_jumprelu.analysis import attribute, logit_difference
-from sae_lens_jumprelu.models import tiny_gemma2
+from sae_lens_jumprelu.data.models import tiny_gemma2
 
 HOOK = "blocks.1.hook_resid_post"
 METRIC = logit_difference(17, 42)

@@ -5,7 +5,7 @@ import torch
 from analysis_fixtures import contexts, random_sae, tiny_hooked
 
 from sae_lens_jumprelu.analysis import collect_feature_stats
-from sae_lens_jumprelu.models import tiny_gemma2
+from sae_lens_jumprelu.data.models import tiny_gemma2
 
 HOOK = "blocks.1.hook_resid_post"
 BOS = 2

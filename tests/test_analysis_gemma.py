@@ -9,7 +9,7 @@ from analysis_fixtures import random_sae
 from headless_chromium import Chromium, find_chromium, requests_outside
 
 from sae_lens_jumprelu.analysis import attribute, hooked_sae_transformer, logit_difference
-from sae_lens_jumprelu.cli import main
+from sae_lens_jumprelu.commands.cli import main
 
 HOOK = "blocks.3.hook_resid_post"
 pytestmark = pytest.mark.slow

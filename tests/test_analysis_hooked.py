@@ -13,7 +13,7 @@ from sae_lens_jumprelu.analysis import (
     to_tokens,
 )
 from sae_lens_jumprelu.convert import convert
-from sae_lens_jumprelu.models import tiny_gemma2
+from sae_lens_jumprelu.data.models import tiny_gemma2
 
 HOOK = "blocks.1.hook_resid_post"
 

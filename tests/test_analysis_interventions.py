@@ -5,7 +5,7 @@ import torch
 from analysis_fixtures import contexts, random_sae, tiny_hooked
 
 from sae_lens_jumprelu.analysis import FeatureEdit, generate_with_edits, run_with_edits
-from sae_lens_jumprelu.models import tiny_gemma2
+from sae_lens_jumprelu.data.models import tiny_gemma2
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from convert_factories import make_jumprelu
 
-from sae_lens_jumprelu.cli import main
+from sae_lens_jumprelu.commands.cli import main
 from sae_lens_jumprelu.convert.sae_lens_format import write_sae_lens
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sae_lens_jumprelu.cli import main, parse_args
+from sae_lens_jumprelu.commands.cli import main, parse_args
 
 
 def test_parse_demo_defaults_and_flags() -> None:
@@ -73,7 +73,7 @@ def test_bad_settings_fail_early_with_the_fix(tmp_path: Path, capsys) -> None:
 
 
 def test_ctrl_c_exits_130_and_unexpected_errors_print_one_line(monkeypatch, capsys) -> None:
-    import sae_lens_jumprelu.demo as demo
+    import sae_lens_jumprelu.commands.demo as demo
 
     def interrupted(*_args: object) -> None:
         raise KeyboardInterrupt

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sae_lens_jumprelu.atomic import write_dir_atomic
-from sae_lens_jumprelu.cli import main, parse_args
+from sae_lens_jumprelu.commands.cli import main, parse_args
 from sae_lens_jumprelu.convert import (
     TARGETS,
     ConversionError,

@@ -6,7 +6,7 @@ import torch
 from datasets import Dataset
 from gemma_fixtures import BOS, word_tokenizer
 
-from sae_lens_jumprelu.corpus import (
+from sae_lens_jumprelu.data.corpus import (
     CorpusError,
     embedded_documents,
     load_eval_contexts,
@@ -164,8 +164,8 @@ def test_eval_contexts_without_bos_first(tmp_path, tokenizer):
 
 
 def test_check_text_model_names_the_problem() -> None:
-    from sae_lens_jumprelu.corpus import check_text_model
-    from sae_lens_jumprelu.models import tiny_gemma2
+    from sae_lens_jumprelu.data.corpus import check_text_model
+    from sae_lens_jumprelu.data.models import tiny_gemma2
 
     model = tiny_gemma2()  # no tokenizer, n_ctx 256
     with pytest.raises(CorpusError, match="tiny-gemma-2 has no tokenizer"):

@@ -11,7 +11,7 @@ from analysis_fixtures import contexts, random_sae, tiny_hooked
 from headless_chromium import Chromium, find_chromium, requests_outside
 
 from sae_lens_jumprelu.atomic import OutputExistsError
-from sae_lens_jumprelu.cli import parse_args
+from sae_lens_jumprelu.commands.cli import parse_args
 from sae_lens_jumprelu.dashboard import DashboardConfig, build_dashboard, choose_features
 from sae_lens_jumprelu.dashboard.command import parse_features
 from sae_lens_jumprelu.dashboard.html import page_name

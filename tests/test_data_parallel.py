@@ -8,10 +8,10 @@ import torch
 from distributed_harness import run_ranks
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
-from sae_lens_jumprelu.distributed import SINGLE, Dist
-from sae_lens_jumprelu.distributed_loop import train_sharded
 from sae_lens_jumprelu.recipes import get_recipe
-from sae_lens_jumprelu.trainer_settings import TrainerSettings
+from sae_lens_jumprelu.training.distributed import SINGLE, Dist
+from sae_lens_jumprelu.training.distributed_loop import train_sharded
+from sae_lens_jumprelu.training.settings import TrainerSettings
 
 D_IN, D_SAE, BATCH, STEPS = 8, 32, 64, 8
 SETTINGS = TrainerSettings(total_samples=BATCH * STEPS, batch_size=BATCH, lr=3e-3)

@@ -10,10 +10,10 @@ import torch
 from distributed_harness import run_ranks
 from test_data_parallel import BATCH, HOOK, SETTINGS, STEPS, global_batches, make_sae
 
-from sae_lens_jumprelu import checkpoint
-from sae_lens_jumprelu.distributed import Dist, RankFailureError
-from sae_lens_jumprelu.distributed_loop import CheckpointPlan, train_sharded
-from sae_lens_jumprelu.sharding import ContextPosition
+from sae_lens_jumprelu.training import checkpoint
+from sae_lens_jumprelu.training.distributed import Dist, RankFailureError
+from sae_lens_jumprelu.training.distributed_loop import CheckpointPlan, train_sharded
+from sae_lens_jumprelu.training.sharding import ContextPosition
 
 
 def _local(batches: list[torch.Tensor], dist: Dist) -> Iterator[dict[str, torch.Tensor]]:
@@ -122,8 +122,8 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tmp_path):
 
 
 def test_resume_starts_where_the_steps_got_not_past_the_shuffle_buffer(monkeypatch, tmp_path):
-    from sae_lens_jumprelu.distributed_run import _resume_position
-    from sae_lens_jumprelu.train import TrainJob
+    from sae_lens_jumprelu.commands.distributed_train import _resume_position
+    from sae_lens_jumprelu.commands.train import TrainJob
 
     # step 80 of batch 256 in contexts of 128: 160 contexts' tokens trained on, though the
     # forward passes (filling the shuffle buffer) had read 500

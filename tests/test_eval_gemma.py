@@ -6,7 +6,7 @@ import pytest
 import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
-from sae_lens_jumprelu.cli import main
+from sae_lens_jumprelu.commands.cli import main
 
 pytestmark = pytest.mark.slow
 

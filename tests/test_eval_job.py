@@ -20,12 +20,12 @@ from sae_lens import (
     TopKSAEConfig,
 )
 
-from sae_lens_jumprelu import eval_job
-from sae_lens_jumprelu.cli import main, parse_args
+from sae_lens_jumprelu.commands import eval as eval_job
+from sae_lens_jumprelu.commands.cli import main, parse_args
+from sae_lens_jumprelu.commands.eval import EvalJob, resolve_settings
 from sae_lens_jumprelu.convert.gemma_scope import write_gemma_scope
 from sae_lens_jumprelu.convert.sae_lens_format import to_sae_lens_sae
-from sae_lens_jumprelu.corpus import load_eval_contexts
-from sae_lens_jumprelu.eval_job import EvalJob, resolve_settings
+from sae_lens_jumprelu.data.corpus import load_eval_contexts
 from sae_lens_jumprelu.evals import evaluate_saes
 from sae_lens_jumprelu.metrics import fvu
 

@@ -4,8 +4,8 @@ import torch
 from gemma_fixtures import BOS, EOS, PAD, random_contexts, tiny_model
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
+from sae_lens_jumprelu.data.sites import resolve_sites
 from sae_lens_jumprelu.evals import _Accumulator, evaluate_saes, markdown_table, write_evaluations
-from sae_lens_jumprelu.sites import resolve_sites
 
 SPECIAL = [PAD, EOS, BOS]
 

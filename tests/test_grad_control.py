@@ -11,7 +11,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_jumprelu import JumpReLUSTETrainingSAE
 from sae_lens_jumprelu.grad_control import remove_parallel_component
-from sae_lens_jumprelu.trainer_settings import TrainerSettings
+from sae_lens_jumprelu.training.settings import TrainerSettings
 
 MakeSAE = Callable[..., JumpReLUSTETrainingSAE]
 MakeStepInput = Callable[..., TrainStepInput]

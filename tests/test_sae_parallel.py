@@ -7,15 +7,15 @@ import torch
 from distributed_harness import run_ranks
 from gemma_fixtures import BOS, random_contexts, tiny_model
 
-from sae_lens_jumprelu.activations import iter_site_activations, shuffled_batches
-from sae_lens_jumprelu.distributed import Dist
-from sae_lens_jumprelu.sharding import (
+from sae_lens_jumprelu.data.activations import iter_site_activations, shuffled_batches
+from sae_lens_jumprelu.data.sites import resolve_sites
+from sae_lens_jumprelu.training.distributed import Dist
+from sae_lens_jumprelu.training.sharding import (
     ContextPosition,
     assign_round_robin,
     data_parallel_passes,
     sae_parallel_passes,
 )
-from sae_lens_jumprelu.sites import resolve_sites
 
 SPECS = ["resid:1", "attn:1", "mlp:0"]
 N_CONTEXTS, PER_PASS, BATCH, BUFFER = 40, 16, 96, 512  # 40 = 2.5 passes: an uneven last one

@@ -2,7 +2,7 @@ import pytest
 import torch
 from gemma_fixtures import tiny_model
 
-from sae_lens_jumprelu.sites import default_site_spec, resolve_sites, stop_at_layer
+from sae_lens_jumprelu.data.sites import default_site_spec, resolve_sites, stop_at_layer
 
 
 @pytest.fixture(scope="module")

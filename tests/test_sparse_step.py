@@ -11,9 +11,9 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_jumprelu import JumpReLUSTETrainingSAE, JumpReLUSTETrainingSAEConfig
 from sae_lens_jumprelu import sparse_step as sparse_step_module
+from sae_lens_jumprelu.data.synthetic import TrainerSettings
 from sae_lens_jumprelu.sparse_step import EntryPattern, sparse_jumprelu
 from sae_lens_jumprelu.ste import KERNEL_HALF_WIDTHS, jumprelu
-from sae_lens_jumprelu.synthetic import TrainerSettings
 from sae_lens_jumprelu.training_sae import SPARSE_STEP_MAX_DENSITY
 
 D_IN, D_SAE, BATCH, L0 = 16, 64, 96, 8

@@ -8,11 +8,11 @@ from gemma_fixtures import BOS, tiny_model
 from sae_lens import SAE, TopKTrainingSAE, TopKTrainingSAEConfig
 
 from sae_lens_jumprelu.architectures import ARCHITECTURES
-from sae_lens_jumprelu.cli import main, parse_args
-from sae_lens_jumprelu.corpus import TokenCorpus
-from sae_lens_jumprelu.sweep import SweepJob, run_sweep
-from sae_lens_jumprelu.trainer_settings import TrainerSettings
-from sae_lens_jumprelu.training_loop import train_in_lockstep
+from sae_lens_jumprelu.commands.cli import main, parse_args
+from sae_lens_jumprelu.commands.sweep import SweepJob, run_sweep
+from sae_lens_jumprelu.data.corpus import TokenCorpus
+from sae_lens_jumprelu.training.lockstep import train_in_lockstep
+from sae_lens_jumprelu.training.settings import TrainerSettings
 
 TWO_EACH = {name: arch.grid[:2] for name, arch in ARCHITECTURES.items()}
 # What each architecture's saved SAE is in SAELens (BatchTopK saves as JumpReLU).
@@ -142,7 +142,7 @@ def test_bad_sweeps_fail_before_training(tmp_path, capsys):
 
 
 def test_cli_flags_reach_the_job():
-    from sae_lens_jumprelu.cli import _sweep_job
+    from sae_lens_jumprelu.commands.cli import _sweep_job
 
     args = parse_args(
         "sweep --site mlp:3 --tokens 5000 --d-sae 64 --architectures topk,gated "

@@ -2,9 +2,9 @@ import re
 
 import pytest
 
-from sae_lens_jumprelu.cli import parse_args
-from sae_lens_jumprelu.sites import Site
-from sae_lens_jumprelu.train import TrainJob
+from sae_lens_jumprelu.commands.cli import parse_args
+from sae_lens_jumprelu.commands.train import TrainJob
+from sae_lens_jumprelu.data.sites import Site
 
 SITES = [Site("blocks.1.hook_resid_post", 64, 1), Site("blocks.1.attn.hook_z", 64, 1)]
 
@@ -33,7 +33,7 @@ def test_target_and_coefficient_together_are_refused():
 
 
 def test_cli_flags_reach_the_job():
-    from sae_lens_jumprelu.cli import _job
+    from sae_lens_jumprelu.commands.cli import _job
 
     args = parse_args(
         [
@@ -78,7 +78,7 @@ def test_cli_flags_reach_the_job():
 
 
 def test_distributed_flags_reach_the_job_and_bad_ones_are_refused(tmp_path):
-    from sae_lens_jumprelu.cli import _job
+    from sae_lens_jumprelu.commands.cli import _job
 
     argv = "train --distributed sae --dist-timeout 60 --checkpoint-every 50".split()
     job = _job(parse_args([*argv, "--resume", str(tmp_path)]))
@@ -97,7 +97,7 @@ def test_distributed_flags_reach_the_job_and_bad_ones_are_refused(tmp_path):
 
 
 def test_distributed_training_outside_torchrun_says_how_to_launch(monkeypatch):
-    from sae_lens_jumprelu.distributed import init_from_env
+    from sae_lens_jumprelu.training.distributed import init_from_env
 
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
@@ -106,8 +106,8 @@ def test_distributed_training_outside_torchrun_says_how_to_launch(monkeypatch):
 
 
 def test_sae_config_reaches_our_saes_in_train_and_sweep():
-    from sae_lens_jumprelu.cli import _job, _sweep_job
-    from sae_lens_jumprelu.train import new_sae
+    from sae_lens_jumprelu.commands.cli import _job, _sweep_job
+    from sae_lens_jumprelu.commands.train import new_sae
 
     argv = [
         "--sae-config",
@@ -150,7 +150,7 @@ def test_bad_sae_config_is_refused_with_the_reason():
 
 
 def test_collect_flags_make_a_job_without_sae_options(tmp_path):
-    from sae_lens_jumprelu.cli import _job
+    from sae_lens_jumprelu.commands.cli import _job
 
     job = _job(parse_args(["collect", "--out", str(tmp_path), "--site", "mlp:2", "--seed", "4"]))
     assert (job.sites, job.seed, job.sae_config) == (["mlp:2"], 4, {})
@@ -168,7 +168,7 @@ def test_collect_flags_make_a_job_without_sae_options(tmp_path):
     ids=["target-above-half", "fewer-tokens-than-a-batch"],
 )
 def test_unreachable_requests_fail_before_the_model_loads(fields, message, tmp_path, capsys):
-    from sae_lens_jumprelu.cli import main
+    from sae_lens_jumprelu.commands.cli import main
 
     with pytest.raises(ValueError, match=message):
         TrainJob(**fields).check_reachable()

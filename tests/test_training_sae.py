@@ -23,7 +23,7 @@ from sae_lens_jumprelu import (
     JumpReLUSTETrainingSAEConfig,
     NonFiniteActivationsError,
 )
-from sae_lens_jumprelu.synthetic import (
+from sae_lens_jumprelu.data.synthetic import (
     SyntheticTask,
     TrainerSettings,
     score_on_synthetic,

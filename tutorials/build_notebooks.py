@@ -73,8 +73,8 @@ one to study.""",
 DEVICE = "cpu"
 TOKENS = 60_000  # training tokens; real SAEs want 10M-1B
 
-from sae_lens_jumprelu.models import load_model
-from sae_lens_jumprelu.sites import resolve_sites
+from sae_lens_jumprelu.data.models import load_model
+from sae_lens_jumprelu.data.sites import resolve_sites
 
 model = load_model(None, device=DEVICE)  # a TransformerLens HookedTransformer
 site = resolve_sites(model, ["resid:6"])[0]
@@ -96,7 +96,7 @@ delta LM loss) and plots the training curve.""",
             """\
 from pathlib import Path
 
-from sae_lens_jumprelu.train import TrainJob, run_train
+from sae_lens_jumprelu.commands.train import TrainJob, run_train
 
 result = run_train(TrainJob(
     sites=["resid:6"], tokens=TOKENS, d_sae=1024, target_l0=[16], eval_tokens=1024,
@@ -160,7 +160,7 @@ from dataclasses import replace
 from datasets import Dataset
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 
-from sae_lens_jumprelu.corpus import load_token_corpus
+from sae_lens_jumprelu.data.corpus import load_token_corpus
 from sae_lens_jumprelu.recipes import SHORT_BUDGET
 
 corpus = load_token_corpus(model.tokenizer, None, train_tokens=20_000, context_size=128)
@@ -220,8 +220,8 @@ first, then imports that file the way you would import a downloaded one.""",
 DEVICE = "cpu"
 from pathlib import Path
 
-from sae_lens_jumprelu.models import load_model
-from sae_lens_jumprelu.train import TrainJob, run_train
+from sae_lens_jumprelu.data.models import load_model
+from sae_lens_jumprelu.commands.train import TrainJob, run_train
 
 model = load_model(None, device=DEVICE)
 result = run_train(TrainJob(sites=["resid:6"], tokens=30_000, d_sae=512, target_l0=[16],
@@ -294,8 +294,8 @@ must agree.""",
 import torch
 from sae_lens import SAE
 
-from sae_lens_jumprelu.activations import special_token_ids
-from sae_lens_jumprelu.corpus import load_token_corpus
+from sae_lens_jumprelu.data.activations import special_token_ids
+from sae_lens_jumprelu.data.corpus import load_token_corpus
 from sae_lens_jumprelu.evals import evaluate_saes, markdown_table
 
 saes = {
@@ -353,8 +353,8 @@ from sae_lens_jumprelu.analysis import (
     FeatureEdit, attribute, collect_feature_stats, generate_with_edits, hooked_sae_transformer,
     load_sae, logit_difference, logit_effects, run_with_edits,
 )
-from sae_lens_jumprelu.models import load_model
-from sae_lens_jumprelu.train import TrainJob, run_train
+from sae_lens_jumprelu.data.models import load_model
+from sae_lens_jumprelu.commands.train import TrainJob, run_train
 
 base = load_model(None, device=DEVICE)
 result = run_train(TrainJob(sites=["resid:6"], tokens=60_000, d_sae=1024, target_l0=[16],
@@ -448,8 +448,8 @@ static site.""",
         (
             "code",
             """\
-from sae_lens_jumprelu.activations import special_token_ids
-from sae_lens_jumprelu.corpus import load_token_corpus
+from sae_lens_jumprelu.data.activations import special_token_ids
+from sae_lens_jumprelu.data.corpus import load_token_corpus
 
 corpus = load_token_corpus(model.tokenizer, None, train_tokens=8192, context_size=64)
 batches = corpus.train.split(16)
@@ -490,7 +490,7 @@ reference; for conclusions, use millions of tokens (`tokens=` / `--tokens`) on a
 DEVICE = "cpu"
 from pathlib import Path
 
-from sae_lens_jumprelu.sweep import SweepJob, run_sweep
+from sae_lens_jumprelu.commands.sweep import SweepJob, run_sweep
 
 job = SweepJob(
     tokens=16_384, d_sae=512, eval_tokens=512, device=DEVICE, out=Path("tutorial-04-sweep"),

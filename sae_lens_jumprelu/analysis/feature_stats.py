@@ -16,8 +16,8 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
 from sae_lens_jumprelu.analysis.hooked import attached, check_features
+from sae_lens_jumprelu.data.sites import resolve_sites, stop_at_layer
 from sae_lens_jumprelu.progress import progress_bar
-from sae_lens_jumprelu.sites import resolve_sites, stop_at_layer
 
 # Histogram bins: quarter octaves of the activation from 2^-16 to 2^16 (JumpReLU activations
 # start at the feature's threshold, so a log scale shows where each feature's mass sits).

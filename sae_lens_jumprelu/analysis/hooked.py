@@ -14,8 +14,8 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from sae_lens_jumprelu.models import load_model
-from sae_lens_jumprelu.sites import resolve_sites
+from sae_lens_jumprelu.data.models import load_model
+from sae_lens_jumprelu.data.sites import resolve_sites
 
 
 def hooked_sae_transformer(

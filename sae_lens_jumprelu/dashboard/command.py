@@ -58,7 +58,6 @@ def add_dashboard_parser(commands: "argparse._SubParsersAction[argparse.Argument
 
 
 def run_dashboard(args: argparse.Namespace) -> Dashboard:
-    from sae_lens_jumprelu.activations import special_token_ids
     from sae_lens_jumprelu.analysis.hooked import (
         check_features,
         check_saes,
@@ -66,7 +65,8 @@ def run_dashboard(args: argparse.Namespace) -> Dashboard:
         load_sae,
     )
     from sae_lens_jumprelu.atomic import check_destination
-    from sae_lens_jumprelu.corpus import check_text_model, load_token_corpus
+    from sae_lens_jumprelu.data.activations import special_token_ids
+    from sae_lens_jumprelu.data.corpus import check_text_model, load_token_corpus
 
     for name in ("tokens", "context_size", "examples", "batch_size"):
         if getattr(args, name) <= 0:

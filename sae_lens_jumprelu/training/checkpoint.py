@@ -22,7 +22,7 @@ from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_jumprelu.atomic import write_dir_atomic, write_file_atomic
-from sae_lens_jumprelu.distributed import Dist
+from sae_lens_jumprelu.training.distributed import Dist
 
 _PROGRESS = "progress.json"
 _LATEST = "LATEST"

@@ -18,27 +18,27 @@ from typing import Any
 import torch
 from sae_lens import SAE
 
-from sae_lens_jumprelu.activation_cache import (
+from sae_lens_jumprelu.atomic import prepare_output, staged_dir
+from sae_lens_jumprelu.commands.jobs import LanguageModelRun
+from sae_lens_jumprelu.data.activation_cache import (
     ActivationCache,
     CacheSpec,
     check_cache_destination,
     write_activation_cache,
 )
-from sae_lens_jumprelu.activations import (
+from sae_lens_jumprelu.data.activations import (
     iter_site_activations,
     peek_mean_squared_norms,
     shuffled_batches,
     special_token_ids,
 )
-from sae_lens_jumprelu.atomic import prepare_output, staged_dir
-from sae_lens_jumprelu.corpus import TokenCorpus, check_text_model, load_token_corpus
+from sae_lens_jumprelu.data.corpus import TokenCorpus, check_text_model, load_token_corpus
+from sae_lens_jumprelu.data.models import EMBEDDED_MODEL, load_model
+from sae_lens_jumprelu.data.sites import Site, default_site_spec, resolve_sites
 from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes, record_in_cfg, write_evaluations
-from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
 from sae_lens_jumprelu.plots import plot_training_curve
 from sae_lens_jumprelu.recipes import Recipe
-from sae_lens_jumprelu.run_options import LanguageModelRun
-from sae_lens_jumprelu.sites import Site, default_site_spec, resolve_sites
-from sae_lens_jumprelu.training_loop import CurveRecorder, train_in_lockstep
+from sae_lens_jumprelu.training.lockstep import CurveRecorder, train_in_lockstep
 from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
 
 # Tokens per shuffle buffer of the streamed path: 32 forward passes of 16 contexts of 128.
@@ -196,7 +196,7 @@ def run_train(job: TrainJob) -> TrainResult | None:
     job.check_reachable()
     job.check_output()
     if job.distributed != "none":
-        from sae_lens_jumprelu.distributed_run import run_train_distributed
+        from sae_lens_jumprelu.commands.distributed_train import run_train_distributed
 
         return run_train_distributed(job)
     torch.manual_seed(job.seed)

@@ -13,9 +13,9 @@ from typing import Any
 from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 
-from sae_lens_jumprelu.activations import SiteBatch
+from sae_lens_jumprelu.data.activations import SiteBatch
 from sae_lens_jumprelu.progress import progress_bar
-from sae_lens_jumprelu.trainer_settings import TrainerSettings
+from sae_lens_jumprelu.training.settings import TrainerSettings
 
 StepCallback = Callable[[str, int, TrainStepOutput], None]
 """``(sae name, step, output)`` after every optimizer step."""

@@ -15,8 +15,8 @@ from sae_lens.util import get_special_token_ids
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sae_lens_jumprelu.data.sites import Site, stop_at_layer
 from sae_lens_jumprelu.progress import progress_bar
-from sae_lens_jumprelu.sites import Site, stop_at_layer
 
 SiteBatch = dict[str, Tensor]
 """Hook name -> activations ``[n_tokens, d_in]``; every hook holds the same tokens in order."""

@@ -18,20 +18,20 @@ from sae_lens import SAE
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from sae_lens_jumprelu.activations import special_token_ids
 from sae_lens_jumprelu.atomic import prepare_output, staged_dir, write_text_atomic
-from sae_lens_jumprelu.corpus import (
+from sae_lens_jumprelu.data.activations import special_token_ids
+from sae_lens_jumprelu.data.corpus import (
     EMBEDDED_CORPUS,
     CorpusError,
     check_dataset,
     check_text_model,
     load_eval_contexts,
 )
+from sae_lens_jumprelu.data.models import EMBEDDED_MODEL, check_device, is_embedded, load_model
+from sae_lens_jumprelu.data.sites import resolve_sites
 from sae_lens_jumprelu.evals import SAEEvaluation, check_compatible, evaluate_saes, markdown_table
-from sae_lens_jumprelu.models import EMBEDDED_MODEL, check_device, is_embedded, load_model
 from sae_lens_jumprelu.plots import plot_feature_frequencies, plot_l0_histograms
 from sae_lens_jumprelu.sae_source import LoadedSAE, load_sae
-from sae_lens_jumprelu.sites import resolve_sites
 
 DEFAULT_CONTEXT_SIZE = 128
 

@@ -14,23 +14,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_jumprelu import checkpoint
-from sae_lens_jumprelu.activations import (
-    peek_mean_squared_norms,
-    shuffled_batches,
-    special_token_ids,
-)
-from sae_lens_jumprelu.distributed import Dist, destroy, init_from_env
-from sae_lens_jumprelu.distributed_loop import CheckpointPlan, Mode, train_sharded
-from sae_lens_jumprelu.models import load_model
-from sae_lens_jumprelu.sharding import (
-    ContextPosition,
-    assign_round_robin,
-    data_parallel_passes,
-    sae_parallel_passes,
-)
-from sae_lens_jumprelu.sites import default_site_spec, resolve_sites
-from sae_lens_jumprelu.train import (
+from sae_lens_jumprelu.commands.train import (
     _BUFFER_TOKENS,
     _NORM_BATCHES,
     TrainJob,
@@ -39,7 +23,23 @@ from sae_lens_jumprelu.train import (
     load_corpus,
     new_sae,
 )
-from sae_lens_jumprelu.training_loop import CurveRecorder
+from sae_lens_jumprelu.data.activations import (
+    peek_mean_squared_norms,
+    shuffled_batches,
+    special_token_ids,
+)
+from sae_lens_jumprelu.data.models import load_model
+from sae_lens_jumprelu.data.sites import default_site_spec, resolve_sites
+from sae_lens_jumprelu.training import checkpoint
+from sae_lens_jumprelu.training.distributed import Dist, destroy, init_from_env
+from sae_lens_jumprelu.training.distributed_loop import CheckpointPlan, Mode, train_sharded
+from sae_lens_jumprelu.training.lockstep import CurveRecorder
+from sae_lens_jumprelu.training.sharding import (
+    ContextPosition,
+    assign_round_robin,
+    data_parallel_passes,
+    sae_parallel_passes,
+)
 
 
 def run_train_distributed(job: TrainJob) -> TrainResult | None:

@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens_jumprelu.config import JumpReLUSTETrainingSAEConfig
-from sae_lens_jumprelu.corpus import check_dataset
-from sae_lens_jumprelu.models import check_device
+from sae_lens_jumprelu.data.corpus import check_dataset
+from sae_lens_jumprelu.data.models import check_device
 from sae_lens_jumprelu.recipes import Recipe, get_recipe
 
 # Config fields each job sets itself (from the site, --d-sae, --device, the sparsity flags).

@@ -17,14 +17,14 @@ from typing import Any, Literal
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.sae_trainer import SAETrainer
 
-from sae_lens_jumprelu import checkpoint
-from sae_lens_jumprelu.activations import SiteBatch
-from sae_lens_jumprelu.data_parallel import replicate, snapshot, sync_trainer_stats
-from sae_lens_jumprelu.distributed import Dist
+from sae_lens_jumprelu.data.activations import SiteBatch
 from sae_lens_jumprelu.progress import progress_bar
-from sae_lens_jumprelu.sharding import ContextPosition
-from sae_lens_jumprelu.trainer_settings import TrainerSettings
-from sae_lens_jumprelu.training_loop import StepCallback, check_finite_weights, make_trainers
+from sae_lens_jumprelu.training import checkpoint
+from sae_lens_jumprelu.training.data_parallel import replicate, snapshot, sync_trainer_stats
+from sae_lens_jumprelu.training.distributed import Dist
+from sae_lens_jumprelu.training.lockstep import StepCallback, check_finite_weights, make_trainers
+from sae_lens_jumprelu.training.settings import TrainerSettings
+from sae_lens_jumprelu.training.sharding import ContextPosition
 
 Mode = Literal["data", "sae"]
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from sae_lens_jumprelu.recipes import RECIPES
 
 if TYPE_CHECKING:
-    from sae_lens_jumprelu.sweep import SweepJob
-    from sae_lens_jumprelu.train import TrainJob
+    from sae_lens_jumprelu.commands.sweep import SweepJob
+    from sae_lens_jumprelu.commands.train import TrainJob
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from sae_lens_jumprelu.train import TrainJob
+    from sae_lens_jumprelu.commands.train import TrainJob
 
     train = commands.add_parser(
         "train",
@@ -85,7 +85,7 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         default=[],
         help="fixed lambda of the L0 penalty, the paper's mode; repeatable like --target-l0",
     )
-    from sae_lens_jumprelu.train import DISTRIBUTED_MODES
+    from sae_lens_jumprelu.commands.train import DISTRIBUTED_MODES
 
     train.add_argument(
         "--distributed",
@@ -118,7 +118,7 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
 
 def _add_sweep_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     from sae_lens_jumprelu.architectures import ARCHITECTURES
-    from sae_lens_jumprelu.sweep import SweepJob
+    from sae_lens_jumprelu.commands.sweep import SweepJob
 
     defaults = SweepJob()
     sweep = commands.add_parser(
@@ -340,7 +340,7 @@ def _add_convert_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
 
 
 def _add_eval_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from sae_lens_jumprelu.eval_job import DEFAULT_CONTEXT_SIZE, EvalJob
+    from sae_lens_jumprelu.commands.eval import DEFAULT_CONTEXT_SIZE, EvalJob
     from sae_lens_jumprelu.sae_source import ACCEPTED
 
     defaults = EvalJob()
@@ -458,7 +458,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.eval_job import EvalJob, run_eval
+    from sae_lens_jumprelu.commands.eval import EvalJob, run_eval
 
     fields = set(EvalJob.__dataclass_fields__)
     result = run_eval(EvalJob(**{k: v for k, v in vars(args).items() if k in fields}))
@@ -476,7 +476,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 
 def _job(args: argparse.Namespace) -> "TrainJob":
-    from sae_lens_jumprelu.train import TrainJob
+    from sae_lens_jumprelu.commands.train import TrainJob
 
     fields = set(TrainJob.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -488,7 +488,7 @@ TARGET_TOLERANCE = 0.1
 
 
 def run_train_command(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.train import run_train
+    from sae_lens_jumprelu.commands.train import run_train
 
     result = run_train(_job(args))
     if result is None:  # a distributed run's other ranks: rank 0 reports
@@ -516,7 +516,7 @@ def run_train_command(args: argparse.Namespace) -> int:
 
 
 def _sweep_job(args: argparse.Namespace) -> "SweepJob":
-    from sae_lens_jumprelu.sweep import SweepJob
+    from sae_lens_jumprelu.commands.sweep import SweepJob
 
     fields = set(SweepJob.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -524,7 +524,7 @@ def _sweep_job(args: argparse.Namespace) -> "SweepJob":
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.sweep import run_sweep
+    from sae_lens_jumprelu.commands.sweep import run_sweep
 
     result = run_sweep(_sweep_job(args))
     out = sys.stdout
@@ -535,7 +535,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def run_collect_command(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.train import run_collect
+    from sae_lens_jumprelu.commands.train import run_collect
 
     cache = run_collect(_job(args), args.contexts_per_shard)
     state = "complete" if cache.complete else "INCOMPLETE"
@@ -581,7 +581,7 @@ DEBUG_ENV = "SAE_JUMPRELU_TRACEBACK"
 def _friendly(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Every failure as one line naming the problem, not a traceback; Ctrl-C exits 130. The
     outputs are staged beside their destination, so an interrupted command leaves no part."""
-    from sae_lens_jumprelu.distributed import RankFailureError
+    from sae_lens_jumprelu.training.distributed import RankFailureError
 
     name = f"sae-jumprelu {args.command}"
     try:
@@ -607,7 +607,7 @@ def _friendly(command: Callable[[argparse.Namespace], int], args: argparse.Names
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.demo import run_demo
+    from sae_lens_jumprelu.commands.demo import run_demo
 
     result = run_demo(
         args.out, args.target_l0, args.steps, args.d_sae, args.recipe, args.seed, args.overwrite

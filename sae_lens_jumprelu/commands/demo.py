@@ -9,13 +9,13 @@ from sae_lens import SAE
 from sae_lens.saes.sae import TrainStepOutput
 
 from sae_lens_jumprelu.atomic import prepare_output, staged_dir
-from sae_lens_jumprelu.recipes import get_recipe
-from sae_lens_jumprelu.synthetic import (
+from sae_lens_jumprelu.data.synthetic import (
     SyntheticScores,
     SyntheticTask,
     score_on_synthetic,
     train_on_synthetic,
 )
+from sae_lens_jumprelu.recipes import get_recipe
 from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
 
 

@@ -23,10 +23,10 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from sae_lens_jumprelu.activations import SiteBatch, site_activations
-from sae_lens_jumprelu.distributed import Dist
+from sae_lens_jumprelu.data.activations import SiteBatch, site_activations
+from sae_lens_jumprelu.data.sites import Site
 from sae_lens_jumprelu.progress import progress_bar
-from sae_lens_jumprelu.sites import Site
+from sae_lens_jumprelu.training.distributed import Dist
 
 
 @dataclass

@@ -27,9 +27,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from sae_lens_jumprelu.activations import SiteBatch, shuffled_batches, site_activations
 from sae_lens_jumprelu.atomic import prepare_output, write_file_atomic
-from sae_lens_jumprelu.sites import Site
+from sae_lens_jumprelu.data.activations import SiteBatch, shuffled_batches, site_activations
+from sae_lens_jumprelu.data.sites import Site
 
 FORMAT = "sae-lens-jumprelu/activation-cache"
 VERSION = 1

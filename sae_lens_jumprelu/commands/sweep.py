@@ -21,25 +21,25 @@ from sae_lens.saes.sae import TrainingSAE
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from sae_lens_jumprelu.activation_cache import ActivationCache
-from sae_lens_jumprelu.activations import (
+from sae_lens_jumprelu.architectures import ARCHITECTURES, Architecture, get_architecture
+from sae_lens_jumprelu.atomic import prepare_output, staged_dir
+from sae_lens_jumprelu.commands.jobs import LanguageModelRun
+from sae_lens_jumprelu.commands.sweep_report import SweepRow, write_report
+from sae_lens_jumprelu.commands.train import TrainJob, _cached_sites, load_corpus
+from sae_lens_jumprelu.convert.sae_lens_format import fold_saved_decoder_norms
+from sae_lens_jumprelu.data.activation_cache import ActivationCache
+from sae_lens_jumprelu.data.activations import (
     SiteBatch,
     iter_site_activations,
     shuffled_batches,
     special_token_ids,
 )
-from sae_lens_jumprelu.architectures import ARCHITECTURES, Architecture, get_architecture
-from sae_lens_jumprelu.atomic import prepare_output, staged_dir
-from sae_lens_jumprelu.convert.sae_lens_format import fold_saved_decoder_norms
-from sae_lens_jumprelu.corpus import TokenCorpus
+from sae_lens_jumprelu.data.corpus import TokenCorpus
+from sae_lens_jumprelu.data.models import EMBEDDED_MODEL, load_model
+from sae_lens_jumprelu.data.sites import Site, default_site_spec, resolve_sites
 from sae_lens_jumprelu.evals import evaluate_saes, record_in_cfg
-from sae_lens_jumprelu.models import EMBEDDED_MODEL, load_model
 from sae_lens_jumprelu.recipes import Recipe
-from sae_lens_jumprelu.run_options import LanguageModelRun
-from sae_lens_jumprelu.sites import Site, default_site_spec, resolve_sites
-from sae_lens_jumprelu.sweep_report import SweepRow, write_report
-from sae_lens_jumprelu.train import TrainJob, _cached_sites, load_corpus
-from sae_lens_jumprelu.training_loop import train_in_lockstep
+from sae_lens_jumprelu.training.lockstep import train_in_lockstep
 
 # Tokens per shuffle buffer: 32 forward passes of 16 contexts of 128 (as ``train``).
 _BUFFER_TOKENS = 65_536

@@ -21,8 +21,8 @@ from sae_lens.synthetic.training import SyntheticActivationIterator
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_jumprelu.metrics import FVUAccumulator
-from sae_lens_jumprelu.trainer_settings import TrainerSettings
-from sae_lens_jumprelu.training_loop import train_in_lockstep
+from sae_lens_jumprelu.training.lockstep import train_in_lockstep
+from sae_lens_jumprelu.training.settings import TrainerSettings
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def train_on_synthetic(
     on_step: StepCallback | None = None,
 ) -> SAETrainer[Any, Any]:
     """Train ``sae`` with SAELens's own ``SAETrainer`` on batches sampled from ``model``
-    (``training_loop.train_in_lockstep``, so ``on_step(step, output)`` sees every step)."""
+    (``training.lockstep.train_in_lockstep``, so ``on_step(step, output)`` sees every step)."""
     torch.manual_seed(seed)
     data = SyntheticActivationIterator(
         feature_dict=model.feature_dict,

@@ -18,7 +18,7 @@ import torch
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.sae_trainer import SAETrainer
 
-from sae_lens_jumprelu.distributed import Dist
+from sae_lens_jumprelu.training.distributed import Dist
 from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
 
 

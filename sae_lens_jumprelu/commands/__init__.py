@@ -1,0 +1,1 @@
+"""The ``sae-jumprelu`` subcommands, each over the shared run pipeline."""

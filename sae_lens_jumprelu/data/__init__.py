@@ -1,0 +1,1 @@
+"""Where activations come from: models, text, hook sites, streams, caches, synthetic data."""

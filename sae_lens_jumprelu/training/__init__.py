@@ -1,0 +1,1 @@
+"""Training loops around SAELens's ``SAETrainer``: lockstep, distributed, checkpoints."""
