@@ -27,9 +27,8 @@ from gemma_pareto import DEAD_FEATURE_WINDOW, Bench, batches_of, first_batch_sta
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
 
-from sae_lens_jumprelu.architectures import ARCHITECTURES
+from sae_lens_jumprelu.architectures import ARCHITECTURES, set_normalisation
 from sae_lens_jumprelu.atomic import write_text_atomic
-from sae_lens_jumprelu.commands.sweep import set_normalisation
 from sae_lens_jumprelu.data.activation_cache import ActivationCache
 from sae_lens_jumprelu.data.models import load_model
 from sae_lens_jumprelu.data.sites import resolve_sites

@@ -29,12 +29,16 @@ import torch
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE
 
-from sae_lens_jumprelu.architectures import ARCHITECTURES, Architecture
+from sae_lens_jumprelu.architectures import ARCHITECTURES, Architecture, set_normalisation
 from sae_lens_jumprelu.atomic import write_dir_atomic, write_text_atomic
-from sae_lens_jumprelu.commands.sweep import StreamStatistics, set_normalisation
-from sae_lens_jumprelu.commands.train import TrainJob, run_collect
+from sae_lens_jumprelu.commands.collect import run_collect
+from sae_lens_jumprelu.commands.train_job import TrainJob
 from sae_lens_jumprelu.data.activation_cache import ActivationCache
-from sae_lens_jumprelu.data.activations import iter_site_activations, special_token_ids
+from sae_lens_jumprelu.data.activations import (
+    StreamStatistics,
+    iter_site_activations,
+    special_token_ids,
+)
 from sae_lens_jumprelu.data.models import load_model
 from sae_lens_jumprelu.data.sites import Site, resolve_sites
 from sae_lens_jumprelu.evals import SAEEvaluation, evaluate_saes

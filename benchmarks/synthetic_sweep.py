@@ -26,8 +26,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from sae_lens.synthetic.training import SyntheticActivationIterator  # noqa: E402
 
-from sae_lens_jumprelu.architectures import ARCHITECTURES  # noqa: E402
-from sae_lens_jumprelu.commands.sweep import StreamStatistics, set_normalisation  # noqa: E402
+from sae_lens_jumprelu.architectures import (
+    ARCHITECTURES,  # noqa: E402
+    set_normalisation,
+)
+from sae_lens_jumprelu.data.activations import StreamStatistics  # noqa: E402
 from sae_lens_jumprelu.data.synthetic import SyntheticTask, score_on_synthetic  # noqa: E402
 from sae_lens_jumprelu.recipes import SHORT_BUDGET  # noqa: E402
 from sae_lens_jumprelu.training.lockstep import train_in_lockstep  # noqa: E402

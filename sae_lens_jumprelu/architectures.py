@@ -13,10 +13,12 @@ decay, 2026-12-03; docs/sweep/results.csv and docs/results.md): the comment on e
 the held-out L0 it reached.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from sae_lens import (
     BatchTopKTrainingSAE,
     BatchTopKTrainingSAEConfig,
@@ -29,6 +31,7 @@ from sae_lens import (
 )
 from sae_lens.saes.sae import TrainingSAE
 
+from sae_lens_jumprelu.data.activations import StreamStatistics
 from sae_lens_jumprelu.recipes import Recipe
 from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
 
@@ -159,3 +162,20 @@ def get_architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
+
+
+def set_normalisation(
+    arch: Architecture, sae: TrainingSAE[Any], stats: StreamStatistics, init_b_dec_to_mean: bool
+) -> float | None:
+    """Ours: a fixed E||x||^2 inside the SAE (returns None). Built-ins: the factor SAELens's
+    trainer scales inputs by, SAELens's own estimate sqrt(d_in) / E||x||
+    (``ActivationScaler.estimate_scaling_factor``) on the same batches; with
+    ``init_b_dec_to_mean`` their b_dec starts at the scaled mean, as ours does."""
+    if arch.self_normalising:
+        sae.set_mean_squared_norm(stats.mean_squared_norm)  # type: ignore[attr-defined]
+        return None
+    factor = math.sqrt(sae.cfg.d_in) / stats.mean_norm
+    if init_b_dec_to_mean:
+        with torch.no_grad():
+            sae.b_dec.copy_((stats.mean * factor).to(sae.b_dec))
+    return factor

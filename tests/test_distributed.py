@@ -123,7 +123,7 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tmp_path):
 
 def test_resume_starts_where_the_steps_got_not_past_the_shuffle_buffer(monkeypatch, tmp_path):
     from sae_lens_jumprelu.commands.distributed_train import _resume_position
-    from sae_lens_jumprelu.commands.train import TrainJob
+    from sae_lens_jumprelu.commands.train_job import TrainJob
 
     # step 80 of batch 256 in contexts of 128: 160 contexts' tokens trained on, though the
     # forward passes (filling the shuffle buffer) had read 500

@@ -173,3 +173,64 @@ def test_the_learning_rate_is_the_recipes_unless_given():
     assert SweepJob(recipe="paper").recipe_settings().lr == PAPER.lr
     assert SweepJob(recipe="paper", lr=5e-3).recipe_settings().lr == 5e-3
     assert SweepJob(recipe="paper").recipe_settings().batch_size == SweepJob().batch_size
+
+
+def test_batches_and_each_sae_do_not_depend_on_the_other_architectures(tmp_path, monkeypatch):
+    # Each SAE is built from its own seed without touching the global RNG the shuffle buffer
+    # draws from: the batches are those of the stream alone, whichever architectures are
+    # swept, and adding architectures does not change the TopK SAE.
+    import sae_lens_jumprelu.commands.sweep as sweep_module
+    from sae_lens_jumprelu.commands import pipeline
+    from sae_lens_jumprelu.data.activations import iter_site_activations
+    from sae_lens_jumprelu.data.sites import resolve_sites
+
+    # a buffer of two batches: the shuffle keeps drawing after the SAEs are built
+    monkeypatch.setattr(pipeline, "BUFFER_TOKENS", 128)
+    hook = "blocks.1.hook_resid_post"
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def recording(run: str):
+        def train(saes, hooks, batches, *args, **kwargs):
+            kept = seen.setdefault(run, [])
+
+            def tee():
+                for batch in batches:
+                    kept.append(batch[hook].clone())
+                    yield batch
+
+            return train_in_lockstep(saes, hooks, tee(), *args, **kwargs)
+
+        return train
+
+    saved = {}
+    for run, architectures in (
+        ("alone", ("topk",)),
+        ("with_others", ("gated", "topk", "jumprelu")),
+    ):
+        monkeypatch.setattr(sweep_module, "train_in_lockstep", recording(run))
+        job = SweepJob(
+            site="resid:1",
+            tokens=2048,
+            d_sae=32,
+            batch_size=64,
+            architectures=architectures,
+            grids={name: ARCHITECTURES[name].grid[:1] for name in architectures},
+            out=tmp_path / run,
+            eval_tokens=64,
+        )
+        result = run_sweep(job, model=tiny_model(), corpus=_corpus(n_train=64))
+        (topk_dir,) = [path for name, path in result.sae_dirs.items() if name.startswith("topk/")]
+        saved[run] = SAE.load_from_disk(topk_dir)
+
+    model = tiny_model()
+    sites = resolve_sites(model, ["resid:1"])
+    torch.manual_seed(0)  # the job's seed
+    passes = iter_site_activations(model, sites, _corpus(n_train=64).train)
+    head, stream = pipeline.stream(passes, [hook], 64)
+    expected = [batch[hook] for batch in stream]
+    assert len(expected) == 32
+    for run in ("alone", "with_others"):
+        assert len(seen[run]) == 32
+        assert all(torch.equal(a, b) for a, b in zip(seen[run], expected, strict=True)), run
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert torch.equal(getattr(saved["alone"], name), getattr(saved["with_others"], name))

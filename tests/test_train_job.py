@@ -3,7 +3,7 @@ import re
 import pytest
 
 from sae_lens_jumprelu.commands.cli import parse_args
-from sae_lens_jumprelu.commands.train import TrainJob
+from sae_lens_jumprelu.commands.train_job import TrainJob
 from sae_lens_jumprelu.data.sites import Site
 
 SITES = [Site("blocks.1.hook_resid_post", 64, 1), Site("blocks.1.attn.hook_z", 64, 1)]
@@ -107,7 +107,7 @@ def test_distributed_training_outside_torchrun_says_how_to_launch(monkeypatch):
 
 def test_sae_config_reaches_our_saes_in_train_and_sweep():
     from sae_lens_jumprelu.commands.cli import _job, _sweep_job
-    from sae_lens_jumprelu.commands.train import new_sae
+    from sae_lens_jumprelu.commands.train_job import new_sae
 
     argv = [
         "--sae-config",

@@ -13,7 +13,7 @@ from sae_lens_jumprelu.recipes import RECIPES
 
 if TYPE_CHECKING:
     from sae_lens_jumprelu.commands.sweep import SweepJob
-    from sae_lens_jumprelu.commands.train import TrainJob
+    from sae_lens_jumprelu.commands.train_job import TrainJob
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from sae_lens_jumprelu.commands.train import TrainJob
+    from sae_lens_jumprelu.commands.train_job import TrainJob
 
     train = commands.add_parser(
         "train",
@@ -85,7 +85,7 @@ def _add_train_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         default=[],
         help="fixed lambda of the L0 penalty, the paper's mode; repeatable like --target-l0",
     )
-    from sae_lens_jumprelu.commands.train import DISTRIBUTED_MODES
+    from sae_lens_jumprelu.commands.train_job import DISTRIBUTED_MODES
 
     train.add_argument(
         "--distributed",
@@ -476,7 +476,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 
 def _job(args: argparse.Namespace) -> "TrainJob":
-    from sae_lens_jumprelu.commands.train import TrainJob
+    from sae_lens_jumprelu.commands.train_job import TrainJob
 
     fields = set(TrainJob.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -535,7 +535,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def run_collect_command(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.commands.train import run_collect
+    from sae_lens_jumprelu.commands.collect import run_collect
 
     cache = run_collect(_job(args), args.contexts_per_shard)
     state = "complete" if cache.complete else "INCOMPLETE"

@@ -1,12 +1,12 @@
 """``sae-jumprelu train --distributed data|sae`` under torchrun: ``run_train`` on many ranks.
 
 Every rank loads the model and the corpus and runs the model on its share of the contexts
-(``sharding``); ``distributed_loop.train_sharded`` trains; at the end rank 0 receives every
-SAE's files, saves them and evaluates, as ``run_train`` does in one process. Checkpoints every
-``--checkpoint-every`` steps; ``--resume`` continues one on any number of ranks.
+(``training.sharding``); ``training.distributed_loop.train_sharded`` trains; at the end rank 0
+receives every SAE's files, saves them and evaluates, as ``run_train`` does in one process.
+Checkpoints every ``--checkpoint-every`` steps; ``--resume`` continues one on any number of
+ranks.
 """
 
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -14,22 +14,10 @@ from typing import Any
 
 import torch
 
-from sae_lens_jumprelu.commands.train import (
-    _BUFFER_TOKENS,
-    _NORM_BATCHES,
-    TrainJob,
-    TrainResult,
-    finish_run,
-    load_corpus,
-    new_sae,
-)
-from sae_lens_jumprelu.data.activations import (
-    peek_mean_squared_norms,
-    shuffled_batches,
-    special_token_ids,
-)
-from sae_lens_jumprelu.data.models import load_model
-from sae_lens_jumprelu.data.sites import default_site_spec, resolve_sites
+from sae_lens_jumprelu.commands import pipeline
+from sae_lens_jumprelu.commands.train_job import TrainJob, TrainResult, finish_run, new_sae
+from sae_lens_jumprelu.data.activations import SiteBatch, mean_squared_norm
+from sae_lens_jumprelu.data.sites import Site, default_site_spec, resolve_sites
 from sae_lens_jumprelu.training import checkpoint
 from sae_lens_jumprelu.training.distributed import Dist, destroy, init_from_env
 from sae_lens_jumprelu.training.distributed_loop import CheckpointPlan, Mode, train_sharded
@@ -53,22 +41,19 @@ def run_train_distributed(job: TrainJob) -> TrainResult | None:
 
 def _run(job: TrainJob, dist: Dist) -> TrainResult | None:
     mode: Mode = "data" if job.distributed == "data" else "sae"
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    torch.manual_seed(job.seed)
-    model = load_model(job.model, device=job.device, dtype=job.dtype)
-    seconds["load_model"] = time.perf_counter() - started
-    exclude = special_token_ids(model) if job.exclude_special_tokens else []
-    recipe = job.recipe_settings()
-    if mode == "data" and recipe.batch_size % dist.world_size:
+    batch_size = job.recipe_settings().batch_size
+    if mode == "data" and batch_size % dist.world_size:
         raise ValueError(
-            f"--batch-size {recipe.batch_size} is not divisible by the {dist.world_size} ranks: "
+            f"--batch-size {batch_size} is not divisible by the {dist.world_size} ranks: "
             "data-parallel ranks take equal shares of each global batch"
         )
+    torch.manual_seed(job.seed)  # the shuffle buffer's order
+    seconds: dict[str, float] = {}
+    model = pipeline.load_run_model(job, None, seconds)
+    exclude = pipeline.excluded_tokens(job, model)
     sites = resolve_sites(model, job.sites or [default_site_spec(model)])
-    corpus = load_corpus(model, job)
+    corpus = pipeline.load_corpus(model, job)
     names = job.sae_names(sites)
-    hook_of = {name: site.hook_name for name, (site, _) in names.items()}
     owner = (
         assign_round_robin(list(names), dist.world_size)
         if mode == "sae"
@@ -81,31 +66,8 @@ def _run(job: TrainJob, dist: Dist) -> TrainResult | None:
             f"{dist.rank} none: use at most {len(names)} ranks, or --distributed data"
         )
     position = ContextPosition(_resume_position(job, list(names)))
-
-    started = time.perf_counter()
-    if mode == "data":
-        hooks = [site.hook_name for site in sites]
-        passes = data_parallel_passes(
-            model, sites, corpus.train, dist, position, exclude_token_ids=exclude
-        )
-        stream = shuffled_batches(
-            passes, hooks, recipe.batch_size // dist.world_size, _BUFFER_TOKENS
-        )
-    else:
-        needed = [
-            list(dict.fromkeys(hook_of[n] for n in names if owner[n] == rank))
-            for rank in range(dist.world_size)
-        ]
-        hooks = needed[dist.rank]
-        passes = sae_parallel_passes(
-            model, sites, corpus.train, dist, position, needed, exclude_token_ids=exclude
-        )
-        stream = shuffled_batches(passes, hooks, recipe.batch_size, _BUFFER_TOKENS)
-    norms, batches = peek_mean_squared_norms(stream, _NORM_BATCHES)
-    if mode == "data":  # each rank measured its own share: average them
-        averaged = dist.mean_(torch.tensor([norms[hook] for hook in hooks], dtype=torch.float64))
-        norms = dict(zip(hooks, averaged.tolist(), strict=True))
-
+    head, batches = _rank_stream(job, model, sites, corpus.train, dist, mode, owner, position)
+    norms = _mean_squared_norms(head, dist, mode)
     saes: dict[str, Any] = {
         name: (
             checkpoint.load_sae(job.resume, name, job.device)
@@ -121,27 +83,29 @@ def _run(job: TrainJob, dist: Dist) -> TrainResult | None:
         if job.checkpoint_every
         else None
     )
-    trainers = train_sharded(
-        saes,
-        {name: hook_of[name] for name in mine},
-        batches,
-        recipe.trainer_settings(job.tokens, job.device),
-        dist,
-        mode,
-        on_step=recorder,
-        checkpoints=plan,
-        resume=job.resume,
-        progress=f"training {len(names)} SAE(s) on {dist.world_size} ranks ({mode}-parallel)",
+    trainers = pipeline.timed(
+        seconds,
+        "collect_and_train",
+        lambda: train_sharded(
+            saes,
+            {name: names[name][0].hook_name for name in mine},
+            batches,
+            job.recipe_settings().trainer_settings(job.tokens, job.device),
+            dist,
+            mode,
+            on_step=recorder,
+            checkpoints=plan,
+            resume=job.resume,
+            progress=f"training {len(names)} SAE(s) on {dist.world_size} ranks ({mode}-parallel)",
+        ),
     )
-    seconds["collect_and_train"] = time.perf_counter() - started
-
     # Rank 0 receives every SAE once: data-parallel replicas are identical.
     send = trainers if mode == "sae" or dist.is_main else {}
     gathered = dist.gather_to_main(
         (
             checkpoint.files_written_by(lambda out: _save_inference(send, out)),
             {name: dict(recorder.history[name]) for name in send},
-            {hook_of[name]: norms[hook_of[name]] for name in send},
+            {names[name][0].hook_name: norms[names[name][0].hook_name] for name in send},
         )
     )
     if gathered is None:
@@ -153,6 +117,48 @@ def _run(job: TrainJob, dist: Dist) -> TrainResult | None:
         job, model, names, lambda saes_dir: _write_saes(saes_dir, parts), histories,
         corpus.held_out, exclude, seconds, all_norms, corpus.source,
     )  # fmt: skip
+
+
+def _rank_stream(
+    job: TrainJob,
+    model: Any,
+    sites: list[Site],
+    contexts: torch.Tensor,
+    dist: Dist,
+    mode: Mode,
+    owner: dict[str, int],
+    position: ContextPosition,
+) -> tuple[list[SiteBatch], Any]:
+    """This rank's training batches: its share of every global batch at every site (data),
+    or whole batches at the hooks of its own SAEs (sae)."""
+    exclude = pipeline.excluded_tokens(job, model)
+    batch_size = job.recipe_settings().batch_size
+    if mode == "data":
+        passes = data_parallel_passes(
+            model, sites, contexts, dist, position, exclude_token_ids=exclude
+        )
+        hooks = [site.hook_name for site in sites]
+        return pipeline.stream(passes, hooks, batch_size // dist.world_size)
+    hook_of = {name: site.hook_name for name, (site, _) in job.sae_names(sites).items()}
+    needed = [
+        list(dict.fromkeys(hook_of[n] for n in hook_of if owner[n] == rank))
+        for rank in range(dist.world_size)
+    ]
+    passes = sae_parallel_passes(
+        model, sites, contexts, dist, position, needed, exclude_token_ids=exclude
+    )
+    return pipeline.stream(passes, needed[dist.rank], batch_size)
+
+
+def _mean_squared_norms(head: list[SiteBatch], dist: Dist, mode: Mode) -> dict[str, float]:
+    """E||x||^2 per hook over the head; data-parallel ranks each measured their own share,
+    so theirs are averaged."""
+    norms = {hook: mean_squared_norm([batch[hook] for batch in head]) for hook in head[0]}
+    if mode != "data":
+        return norms
+    hooks = list(norms)
+    averaged = dist.mean_(torch.tensor([norms[hook] for hook in hooks], dtype=torch.float64))
+    return dict(zip(hooks, averaged.tolist(), strict=True))
 
 
 def _resume_position(job: TrainJob, names: list[str]) -> int:

@@ -6,6 +6,7 @@ same tokens at every site).
 """
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import chain, islice
 
 import torch
@@ -88,10 +89,10 @@ def shuffled_batches(
     )
 
 
-def peek_mean_squared_norms(
+def peek(
     batches: Iterator[SiteBatch], n_batches: int
-) -> tuple[dict[str, float], Iterator[SiteBatch]]:
-    """E||x||^2 per hook over the first ``n_batches``, and the stream with them still in it."""
+) -> tuple[list[SiteBatch], Iterator[SiteBatch]]:
+    """The first ``n_batches``, and the stream with them still in it."""
     head = list(islice(batches, n_batches))
     if not head:
         raise ValueError(
@@ -99,8 +100,32 @@ def peek_mean_squared_norms(
             "than one --batch-size (after special tokens are dropped); give more --tokens or a "
             "smaller --batch-size"
         )
-    norms = {hook: mean_squared_norm([batch[hook] for batch in head]) for hook in head[0]}
-    return norms, chain(head, batches)
+    return head, chain(head, batches)
+
+
+def peek_mean_squared_norms(
+    batches: Iterator[SiteBatch], n_batches: int
+) -> tuple[dict[str, float], Iterator[SiteBatch]]:
+    """E||x||^2 per hook over the first ``n_batches``, and the stream with them still in it."""
+    head, stream = peek(batches, n_batches)
+    return {hook: mean_squared_norm([batch[hook] for batch in head]) for hook in head[0]}, stream
+
+
+@dataclass(frozen=True)
+class StreamStatistics:
+    """Of the first training batches at one hook; they set every SAE's normalisation."""
+
+    mean: Float[Tensor, " d_in"]
+    mean_norm: float
+    """E||x||; SAELens scales inputs by sqrt(d_in) / E||x||."""
+    mean_squared_norm: float
+    """E||x||^2; ours scales inputs by 1 / sqrt(E||x||^2)."""
+
+    @classmethod
+    def of(cls, x: Float[Tensor, "n ..."]) -> "StreamStatistics":
+        x = x.reshape(x.shape[0], -1).double()
+        norms = x.norm(dim=-1)
+        return cls(x.mean(dim=0).float(), norms.mean().item(), norms.pow(2).mean().item())
 
 
 def mean_squared_norm(parts: list[Float[Tensor, "_ d"]]) -> float:
