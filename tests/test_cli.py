@@ -92,3 +92,29 @@ def test_ctrl_c_exits_130_and_unexpected_errors_print_one_line(monkeypatch, caps
     monkeypatch.setenv("SAE_JUMPRELU_TRACEBACK", "1")
     with pytest.raises(RuntimeError, match="an upstream bug"):
         main(["demo"])
+
+
+def test_every_job_field_is_a_flag_whose_help_is_its_docstring() -> None:
+    from dataclasses import fields
+
+    from simple_parsing.docstring import get_attribute_docstring
+
+    from sae_lens_jumprelu.commands.cli import build_parser
+    from sae_lens_jumprelu.commands.eval import EvalJob
+    from sae_lens_jumprelu.commands.flags import SPELLINGS
+    from sae_lens_jumprelu.commands.sweep import SweepJob
+    from sae_lens_jumprelu.commands.train_job import TrainJob
+
+    (subparsers,) = [a for a in build_parser()._actions if a.dest == "command"]
+    for command, job in (("train", TrainJob), ("sweep", SweepJob), ("eval", EvalJob)):
+        flags = {action.dest: action for action in subparsers.choices[command]._actions}
+        for f in fields(job):
+            assert f.name in flags, (command, f.name)
+            spelling = SPELLINGS.get(f.name)
+            if spelling is not None and spelling.help is not None:
+                assert flags[f.name].help == spelling.help
+                continue
+            docstring = get_attribute_docstring(job, f.name).docstring_below
+            assert docstring, f"{job.__name__}.{f.name} has no docstring for its --help"
+            expected = " ".join(docstring.split()).replace("``", "").replace("%", "%%")
+            assert flags[f.name].help.startswith(expected), (command, f.name)

@@ -142,13 +142,13 @@ def test_bad_sweeps_fail_before_training(tmp_path, capsys):
 
 
 def test_cli_flags_reach_the_job():
-    from sae_lens_jumprelu.commands.cli import _sweep_job
+    from sae_lens_jumprelu.commands.flags import job_from
 
     args = parse_args(
         "sweep --site mlp:3 --tokens 5000 --d-sae 64 --architectures topk,gated "
         "--grid topk=4,8 --grid gated=0.5 --seed 2 --dtype bfloat16".split()
     )
-    job = _sweep_job(args)
+    job = job_from(SweepJob, args)
     assert (job.site, job.tokens, job.d_sae, job.seed, job.dtype) == (
         "mlp:3",
         5000,
@@ -163,7 +163,9 @@ def test_cli_flags_reach_the_job():
         ("topk", 8.0),
         ("gated", 0.5),
     ]
-    assert _sweep_job(parse_args(["sweep"])) == SweepJob()  # the CLI's defaults are the job's
+    assert (
+        job_from(SweepJob, parse_args(["sweep"])) == SweepJob()
+    )  # the CLI's defaults are the job's
 
 
 def test_the_learning_rate_is_the_recipes_unless_given():

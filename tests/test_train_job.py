@@ -33,7 +33,7 @@ def test_target_and_coefficient_together_are_refused():
 
 
 def test_cli_flags_reach_the_job():
-    from sae_lens_jumprelu.commands.cli import _job
+    from sae_lens_jumprelu.commands.flags import job_from
 
     args = parse_args(
         [
@@ -59,7 +59,7 @@ def test_cli_flags_reach_the_job():
             "--keep-special-tokens",
         ]
     )
-    job = _job(args)
+    job = job_from(TrainJob, args)
     assert (job.sites, job.tokens, job.d_sae, job.target_l0) == (
         ["resid:3", "attn:3"],
         1000,
@@ -72,16 +72,18 @@ def test_cli_flags_reach_the_job():
         "bfloat16",
         False,
     )
-    assert _job(parse_args(["train"])) == TrainJob()  # the CLI's defaults are the job's
+    assert (
+        job_from(TrainJob, parse_args(["train"])) == TrainJob()
+    )  # the CLI's defaults are the job's
     with pytest.raises(SystemExit):
         parse_args(["train", "--tokens", "0"])
 
 
 def test_distributed_flags_reach_the_job_and_bad_ones_are_refused(tmp_path):
-    from sae_lens_jumprelu.commands.cli import _job
+    from sae_lens_jumprelu.commands.flags import job_from
 
     argv = "train --distributed sae --dist-timeout 60 --checkpoint-every 50".split()
-    job = _job(parse_args([*argv, "--resume", str(tmp_path)]))
+    job = job_from(TrainJob, parse_args([*argv, "--resume", str(tmp_path)]))
     assert (job.distributed, job.dist_timeout, job.checkpoint_every) == ("sae", 60.0, 50)
     assert job.resume == tmp_path
     with pytest.raises(SystemExit):
@@ -106,7 +108,8 @@ def test_distributed_training_outside_torchrun_says_how_to_launch(monkeypatch):
 
 
 def test_sae_config_reaches_our_saes_in_train_and_sweep():
-    from sae_lens_jumprelu.commands.cli import _job, _sweep_job
+    from sae_lens_jumprelu.commands.flags import job_from
+    from sae_lens_jumprelu.commands.sweep import SweepJob
     from sae_lens_jumprelu.commands.train_job import new_sae
 
     argv = [
@@ -122,10 +125,10 @@ def test_sae_config_reaches_our_saes_in_train_and_sweep():
         "jumprelu_kernel": "triangle",
         "max_grad_norm": None,
     }
-    job = _job(parse_args(["train", *argv]))
+    job = job_from(TrainJob, parse_args(["train", *argv]))
     assert job.sae_config == expected
-    assert _sweep_job(parse_args(["sweep", *argv])).our_recipe().sae == {
-        **_sweep_job(parse_args(["sweep"])).our_recipe().sae,
+    assert job_from(SweepJob, parse_args(["sweep", *argv])).our_recipe().sae == {
+        **job_from(SweepJob, parse_args(["sweep"])).our_recipe().sae,
         **expected,
     }
     sae = new_sae(job, SITES[0], {"target_l0": 8.0}, "text", 2.0, [])
@@ -150,9 +153,11 @@ def test_bad_sae_config_is_refused_with_the_reason():
 
 
 def test_collect_flags_make_a_job_without_sae_options(tmp_path):
-    from sae_lens_jumprelu.commands.cli import _job
+    from sae_lens_jumprelu.commands.flags import job_from
 
-    job = _job(parse_args(["collect", "--out", str(tmp_path), "--site", "mlp:2", "--seed", "4"]))
+    job = job_from(
+        TrainJob, parse_args(["collect", "--out", str(tmp_path), "--site", "mlp:2", "--seed", "4"])
+    )
     assert (job.sites, job.seed, job.sae_config) == (["mlp:2"], 4, {})
 
 

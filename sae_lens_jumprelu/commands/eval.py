@@ -62,6 +62,7 @@ class EvalJob:
     overwrite: bool = False
     """Replace an existing ``out``; without it an existing one is refused before loading."""
     device: str = "cpu"
+    """Torch device of the model and the SAE (cpu, cuda, cuda:1, mps)."""
     dtype: str = "float32"
     """Dtype of the language model (the SAE keeps its own)."""
     exclude_special_tokens: bool = True

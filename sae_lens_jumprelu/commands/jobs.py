@@ -63,6 +63,7 @@ class LanguageModelRun:
     """``JumpReLUSTETrainingSAEConfig`` fields of our SAEs over the recipe's, e.g.
     ``{"jumprelu_kernel": "triangle"}`` (CLI: ``--sae-config jumprelu_kernel=triangle``)."""
     device: str = "cpu"
+    """Torch device of the model and the SAEs (cpu, cuda, cuda:1, mps)."""
     dtype: str = "float32"
     """Dtype of the language model (SAEs train in float32)."""
     seed: int = 0

@@ -2,9 +2,11 @@
 steps of a training run they share: building an SAE for a site, and finishing the run."""
 
 import json
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformer_lens import HookedTransformer
@@ -17,7 +19,8 @@ from sae_lens_jumprelu.evals import SAEEvaluation, write_evaluations
 from sae_lens_jumprelu.plots import plot_training_curve
 from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
 
-DISTRIBUTED_MODES = ("none", "data", "sae")
+DistributedMode = Literal["none", "data", "sae"]
+DISTRIBUTED_MODES: tuple[str, ...] = typing.get_args(DistributedMode)
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class TrainJob(LanguageModelRun):
     l0_coefficient: list[float] = field(default_factory=list)
     """Fixed lambdas of the L0 penalty (the paper's mode) instead of targets: a sweep whose SAEs
     share one forward pass."""
-    distributed: str = "none"
+    distributed: DistributedMode = "none"
     """Under torchrun: ``data`` (every rank runs the model on its share of the contexts and
     trains a replica of every SAE on global batch / ranks, gradients all-reduced) or ``sae``
     (the SAEs are spread over the ranks; each rank receives every rank's activations at its

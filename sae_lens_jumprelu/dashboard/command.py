@@ -23,12 +23,8 @@ def parse_features(text: str) -> list[int]:
     return sorted(features)
 
 
-def add_dashboard_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_dashboard_flags(sub: argparse.ArgumentParser) -> None:
     defaults = DashboardConfig()
-    sub = commands.add_parser(
-        "dashboard",
-        help="write a static HTML feature dashboard (DIR/index.html, no server, no network)",
-    )
     sub.add_argument("sae", type=Path, help="SAELens directory, Gemma Scope params file, ...")
     sub.add_argument("--out", type=Path, required=True, help="output directory")
     sub.add_argument(
