@@ -25,7 +25,9 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     """Training config of a JumpReLU SAE trained with straight-through estimators of the L0.
 
     Defaults: the paper's estimator (theta_init = eps = 0.001, rectangle kernel, lambda * L0) with
-    the SAE-side settings of the ``short_budget`` recipe (see ``recipes.py`` for the reasons).
+    the SAE-side settings of the ``short_budget`` recipe (see ``recipes.py`` for the reasons),
+    except ``pre_act_loss_coefficient``, which keeps SAELens's None: that loss acts on the
+    trainer's dead-latent mask, whose window has to fit the run, and the recipe sets both.
 
     Setting ``target_l0`` with the ``step`` or ``tanh`` penalty turns on target mode: the
     coefficient starts at ``l0_coefficient`` and is adapted every step until the L0 settles at

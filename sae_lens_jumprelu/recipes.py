@@ -37,6 +37,9 @@ class Recipe:
     adam_beta2: float = 0.999
     batch_size: int = 4096
     """Activations per step."""
+    dead_feature_window: int = 1000
+    """Steps without firing before SAELens's trainer calls a latent dead (its
+    ``dead_neuron_mask``, which the pre-activation loss acts on); 1000 is SAELens's."""
 
     def sae_config(self, d_in: int, d_sae: int, **overrides: Any) -> JumpReLUSTETrainingSAEConfig:
         return JumpReLUSTETrainingSAEConfig(d_in=d_in, d_sae=d_sae, **{**self.sae, **overrides})
@@ -63,6 +66,7 @@ class Recipe:
             "adam_beta1": self.adam_beta1,
             "adam_beta2": self.adam_beta2,
             "train_batch_size_tokens": self.batch_size,
+            "dead_feature_window": self.dead_feature_window,
         }
         if training_tokens > 0:
             kwargs["training_tokens"] = training_tokens
@@ -79,6 +83,7 @@ class Recipe:
             adam_beta1=self.adam_beta1,
             adam_beta2=self.adam_beta2,
             device=device,
+            extra={"dead_feature_window": self.dead_feature_window},
         )
 
 
@@ -156,6 +161,13 @@ SHORT_BUDGET = Recipe(
         # Thresholds stay at or below a moving average of each latent's batch maximum. Without
         # it 86% of latents died at target 32 (same run as above; training_sae.project_constraints).
         "threshold_ceiling_decay": 0.9,
+        # SAELens's pre-activation loss on dead latents: what the ceiling leaves dead has every
+        # pre-activation below zero (theta 0; all of them at target 32, 2026-12-03), where
+        # neither the STE nor an AuxK loss on ReLU'd pre-activations gives a gradient. Gemma 3
+        # 270M layer 6, batch 256, 971 steps, 2026-12-03 (docs/results.md), dead / delta LM
+        # loss at targets 32 and 64: without 14.3% / 0.201 and 19.6% / 0.138; with 1e-3 0.4% /
+        # 0.208 and 0.7% / 0.142.
+        "pre_act_loss_coefficient": 1e-3,
     },
     # Reverted to lr 3e-4: L0 7.13 for target 5, FVU 0.201, MCC 0.656; to the paper's
     # optimiser (7e-5, 1k warm-up, beta1 0): L0 160, FVU 0.444, the weights barely move in 600
@@ -169,6 +181,9 @@ SHORT_BUDGET = Recipe(
     lr_warm_up_fraction=0.05,
     lr_decay_fraction=0.2,
     adam_beta1=0.9,
+    # 100 steps of 256 (25,600 tokens) in the run above; SAELens's 1000 is longer than the whole
+    # default `train` run (781 steps), which would leave the pre-activation loss off.
+    dead_feature_window=100,
 )
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (PAPER, SHORT_BUDGET)}
