@@ -3,10 +3,11 @@
 Importing the package registers the "jumprelu_ste" training architecture with SAELens.
 """
 
+from sae_lens_jumprelu.batch_checks import NonFiniteActivationsError
 from sae_lens_jumprelu.config import JumpReLUSTETrainingSAEConfig
 from sae_lens_jumprelu.registration import register
 from sae_lens_jumprelu.ste import heaviside, jumprelu
-from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE, NonFiniteActivationsError
+from sae_lens_jumprelu.training_sae import JumpReLUSTETrainingSAE
 
 register()
 

@@ -6,18 +6,19 @@ SAELens's plain ``"jumprelu"`` inference SAE: normalisation folded in, threshold
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
 from sae_lens.saes.jumprelu_sae import calculate_pre_act_loss
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
-from sae_lens.saes.topk_sae import calculate_topk_aux_acts
 from torch import Tensor, nn
 from typing_extensions import override
 
+from sae_lens_jumprelu import dead_latents, saved_weights
+from sae_lens_jumprelu.batch_checks import check_batch
 from sae_lens_jumprelu.config import JumpReLUSTETrainingSAEConfig
-from sae_lens_jumprelu.convert.weights import decoder_norms
 from sae_lens_jumprelu.grad_control import GradientGuard
 from sae_lens_jumprelu.sparse_step import (
     entry_density,
@@ -69,10 +70,6 @@ class _Forward(NamedTuple):
     """The normalised input, kept by a sparse step for the dead latents' pre-activations."""
     latent_max: Tensor
     """Each latent's largest pre-activation in the batch (no grad)."""
-
-
-class NonFiniteActivationsError(ValueError):
-    """An activation batch held NaN or Inf; the SAE still has the weights of the last good step."""
 
 
 class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
@@ -212,7 +209,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         x = step_input.sae_in
-        self._check_batch(x, step_input.n_training_steps)
+        check_batch(x, self.cfg.d_in, step_input.n_training_steps, self.cfg.check_finite)
         self._prepare_step(x)
 
         if self._takes_sparse_step(x):
@@ -414,76 +411,39 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
 
     def _pre_act_loss(self, dead: Tensor | None, fwd: "_Forward") -> Tensor:
         """SAELens's pre-activation loss on dead latents."""
-        coefficient = self.cfg.pre_act_loss_coefficient
-        assert coefficient is not None
-        if fwd.encoder_input is None:
+        assert self.cfg.pre_act_loss_coefficient is not None
+        if fwd.encoder_input is None:  # a dense step: every pre-activation is at hand
             return calculate_pre_act_loss(
-                coefficient,
+                self.cfg.pre_act_loss_coefficient,
                 fwd.threshold.to(fwd.hidden_pre.dtype),
                 fwd.hidden_pre,
                 dead,
                 fwd.decoder_norms,
             )
-        if dead is None or not bool(dead.any()):
-            return fwd.sae_out.new_tensor(0.0)
-        idx = dead.nonzero().squeeze(1)
-        return calculate_pre_act_loss(
-            coefficient,
-            fwd.threshold.index_select(0, idx).to(fwd.sae_out.dtype),
-            self._dead_pre_activations(idx, fwd),
-            dead.index_select(0, idx),
-            fwd.decoder_norms.index_select(0, idx),
-        )
+        return dead_latents.pre_act_loss(
+            self.cfg.pre_act_loss_coefficient, dead, partial(self._dead_pre_activations, fwd),
+            fwd.threshold, fwd.decoder_norms, fwd.sae_out,
+        )  # fmt: skip
 
     def _auxk_loss(
         self, dead: Tensor | None, fwd: "_Forward", residual: Float[Tensor, "batch d_in"]
     ) -> Tensor:
-        """Gao et al.'s (2024) auxiliary loss, on JumpReLU latents: per token, the ``d_in / 2``
-        dead latents with the largest pre-activations (ReLU'd, thresholds ignored) reconstruct
-        what the live ones missed, so their encoder columns and decoder rows, which get no
-        other gradient, learn directions the reconstruction needs. Scaled down by
-        n_dead / (d_in / 2) when fewer latents are dead, as in SAELens's TopK."""
-        coefficient = self.cfg.auxk_loss_coefficient
-        assert coefficient is not None
-        if dead is None or not bool(dead.any()):
-            return fwd.sae_out.new_tensor(0.0)
-        idx = dead.nonzero().squeeze(1)
-        k_aux = self.cfg.d_in // 2
-        pre = self._dead_pre_activations(idx, fwd).relu()
-        acts = calculate_topk_aux_acts(
-            min(k_aux, idx.numel()),
-            pre,
-            torch.ones(idx.numel(), dtype=torch.bool, device=pre.device),
+        assert self.cfg.auxk_loss_coefficient is not None
+        return dead_latents.auxk_loss(
+            self.cfg.auxk_loss_coefficient,
+            dead,
+            partial(self._dead_pre_activations, fwd),
+            self.W_dec,
+            residual,
         )
-        recon = acts @ self.W_dec.index_select(0, idx)
-        scale = min(idx.numel() / k_aux, 1.0)
-        return coefficient * scale * (recon - residual.detach()).pow(2).sum(dim=-1).mean()
 
-    def _dead_pre_activations(self, idx: Tensor, fwd: "_Forward") -> Tensor:
-        """Pre-activations of the latents ``idx``, with grad: sliced from a dense step's, or (a
-        sparse step keeps none) a matmul as wide as ``idx``."""
+    def _dead_pre_activations(self, fwd: "_Forward", idx: Tensor) -> Tensor:
+        """Pre-activations of the latents ``idx`` on this step's batch, with grad: sliced from
+        a dense step's, or (a sparse step keeps none) a matmul as wide as ``idx``."""
         if fwd.encoder_input is None:
             return fwd.hidden_pre.reshape(-1, self.cfg.d_sae).index_select(1, idx)
         x_enc = fwd.encoder_input - self.b_dec * self.cfg.apply_b_dec_to_input
         return x_enc @ self.W_enc.index_select(1, idx) + self.b_enc.index_select(0, idx)
-
-    def _check_batch(self, x: Tensor, step: int) -> None:
-        if x.shape[-1] != self.cfg.d_in:
-            raise ValueError(
-                f"activation batch has d_in={x.shape[-1]} (shape {tuple(x.shape)}) but this SAE "
-                f"expects d_in={self.cfg.d_in}: check the hook the activations come from, or set "
-                f"d_in={x.shape[-1]} in the config"
-            )
-        # One float64 sum is non-finite exactly when an element is (it cannot overflow for
-        # float32 inputs), in one pass instead of isfinite's three (~25 ms a step at 4096 x 640).
-        if self.cfg.check_finite and not bool(x.sum(dtype=torch.float64).isfinite()):
-            bad_rows = (~torch.isfinite(x)).reshape(-1, x.shape[-1]).any(dim=-1).nonzero().flatten()
-            raise NonFiniteActivationsError(
-                f"training step {step}: the activation batch of {x.shape[0]} rows has NaN/Inf in "
-                f"{bad_rows.numel()} rows (first: {bad_rows[:5].tolist()}); the SAE keeps the "
-                "weights of the last good step. Find where the non-finite activations come from "
-                "(model dtype overflow, a corrupt cache shard) and resume from a checkpoint."
-            )
 
     @torch.no_grad()
     def _prepare_step(self, x: Tensor) -> None:
@@ -557,39 +517,20 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
 
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
-        """Raw input units and unit-norm decoder rows (what Gemma Scope releases and SAEBench
-        expect): latent i's output is scaled by ``||d_i||`` and its row divided by it, so the
-        function and the active set are unchanged. Folded in float32 and rounded once, so a bf16
-        SAE loses no more than its own precision."""
-        scale = self.input_scale
-        W_dec = self.W_dec.detach().float() / scale
-        norms = decoder_norms(W_dec).float()
-        state_dict["W_enc"] = (self.W_enc.detach().float() * scale * norms).to(self.dtype)
-        state_dict["b_enc"] = (self.b_enc.detach().float() * norms).to(self.dtype)
-        state_dict["W_dec"] = (W_dec / norms[:, None]).to(self.dtype)
-        state_dict["b_dec"] = (self.b_dec.detach().float() / scale).to(self.dtype)
-        state_dict["threshold"] = self.threshold.detach().clamp(min=0.0) * norms
+        """Raw input units and unit-norm decoder rows (``saved_weights.fold_for_inference``)."""
+        state_dict.update(
+            saved_weights.fold_for_inference(
+                self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold, self.input_scale
+            )
+        )
         for name in _TRAINING_ONLY_STATE:
             state_dict.pop(name, None)
 
     @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         """Accept this class's checkpoints, SAELens "jumprelu" weights and legacy log_threshold."""
-        if "log_threshold" in state_dict:
-            state_dict["threshold"] = state_dict.pop("log_threshold").float().exp()
-        if "threshold" in state_dict:
-            state_dict["threshold_raw"] = self._raw_from_threshold(state_dict.pop("threshold"))
-        # Weights saved for inference are already in raw units.
-        state_dict.setdefault("input_scale", torch.ones((), dtype=torch.float32))
-        state_dict.setdefault("input_scale_pending", torch.tensor(False))
-        if "log_l0_coefficient" in state_dict:
-            # Older checkpoints controlled log(lambda): the same lambda, in units of lambda_0.
-            old_lambda = state_dict.pop("log_l0_coefficient").float().exp()
-            initial = max(_initial_l0_coefficient(self.cfg), 1e-12)
-            state_dict["l0_coefficient_integral"] = old_lambda / initial
-        state_dict.setdefault("l0_coefficient_integral", torch.ones((), dtype=torch.float32))
-        state_dict.setdefault(
-            "threshold_ceiling", torch.full((self.cfg.d_sae,), math.inf, dtype=torch.float32)
+        saved_weights.upgrade_for_loading(
+            state_dict, self._raw_from_threshold, _initial_l0_coefficient(self.cfg), self.cfg.d_sae
         )
 
 

@@ -8,7 +8,7 @@ place, so DIR holds either a complete site or nothing new.
 import csv
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +113,9 @@ def build_dashboard(
     chosen = [int(stats.features[r]) for r in rows]
     effects = logit_effects(model, sae, chosen, k=config.logits) if chosen else None
     names = _TokenNames(model)
-    pages = [_feature_page(stats, effects, sae, row, j, names) for j, row in enumerate(rows)]
-    for j, page in enumerate(pages):
-        pages[j] = FeaturePage(
-            **{
-                **page.__dict__,
-                "previous": page_name(chosen[j - 1]) if j > 0 else None,
-                "next": page_name(chosen[j + 1]) if j + 1 < len(chosen) else None,
-            }
-        )
+    pages = _linked(
+        [_feature_page(stats, effects, sae, row, j, names) for j, row in enumerate(rows)]
+    )
     summary = {
         "hook_name": stats.hook_name,
         "d_sae": sae.cfg.d_sae,
@@ -139,31 +133,50 @@ def build_dashboard(
         ],
     }
 
-    def write(directory: Path) -> None:
-        for page in pages:
-            (directory / page_name(page.index)).write_text(render_feature(page), encoding="utf-8")
-        index_rows = [
-            IndexRow(
-                p.index, p.frequency, p.max_activation, p.promoted[0][0] if p.promoted else None
-            )
-            for p in pages
-        ]
-        description = [
-            f"SAE on {stats.hook_name}, {sae.cfg.d_sae} features; {len(pages)} shown",
-            f"statistics over {stats.n_tokens} tokens",
-            *(f"{key}: {value}" for key, value in (source or {}).items()),
-        ]
-        (directory / "index.html").write_text(
-            render_index("Feature dashboard", description, index_rows), encoding="utf-8"
-        )
-        (directory / "dashboard.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        with open(directory / "features.csv", "w", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=list(summary["features"][0]) if pages else [])
-            writer.writeheader()
-            writer.writerows(summary["features"])
-
-    write_dir_atomic(out, write, overwrite=overwrite)
+    description = [
+        f"SAE on {stats.hook_name}, {sae.cfg.d_sae} features; {len(pages)} shown",
+        f"statistics over {stats.n_tokens} tokens",
+        *(f"{key}: {value}" for key, value in (source or {}).items()),
+    ]
+    write_dir_atomic(
+        out,
+        lambda directory: _write_site(directory, pages, description, summary),
+        overwrite=overwrite,
+    )
     return Dashboard(out=out, features=chosen, n_tokens=stats.n_tokens, summary=summary)
+
+
+def _linked(pages: list[FeaturePage]) -> list[FeaturePage]:
+    """The pages, each linking to the previous and the next one."""
+    return [
+        replace(
+            page,
+            previous=page_name(pages[j - 1].index) if j > 0 else None,
+            next=page_name(pages[j + 1].index) if j + 1 < len(pages) else None,
+        )
+        for j, page in enumerate(pages)
+    ]
+
+
+def _write_site(
+    directory: Path, pages: list[FeaturePage], description: list[str], summary: dict[str, Any]
+) -> None:
+    """Every feature page, the index, ``dashboard.json`` and ``features.csv`` into
+    ``directory``."""
+    for page in pages:
+        (directory / page_name(page.index)).write_text(render_feature(page), encoding="utf-8")
+    index_rows = [
+        IndexRow(p.index, p.frequency, p.max_activation, p.promoted[0][0] if p.promoted else None)
+        for p in pages
+    ]
+    (directory / "index.html").write_text(
+        render_index("Feature dashboard", description, index_rows), encoding="utf-8"
+    )
+    (directory / "dashboard.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    with open(directory / "features.csv", "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(summary["features"][0]) if pages else [])
+        writer.writeheader()
+        writer.writerows(summary["features"])
 
 
 class _TokenNames:
