@@ -571,6 +571,17 @@ def test_losses_and_grads_match_sae_lens_jumprelu_trainer(
 # ---- AuxK loss on dead latents ------------------------------------------------------------------
 
 
+def with_dead(x: torch.Tensor, dead: torch.Tensor | None) -> TrainStepInput:
+    """The trainer's step input for batch ``x`` with ``dead`` as its dead-latent mask."""
+    return TrainStepInput(
+        sae_in=x,
+        coefficients={"l0": 0.1},
+        dead_neuron_mask=dead,
+        n_training_steps=0,
+        is_logging_step=False,
+    )
+
+
 def test_auxk_loss_matches_sae_lens_topk_aux_loss(make_sae: MakeSAE) -> None:
     # SAELens's TopK aux loss on the ReLU'd pre-activations is ours at input_scale 1.
     sae = make_sae(d_in=8, d_sae=32, normalize_to_unit_mean_square=False, auxk_loss_coefficient=0.3)
@@ -584,13 +595,7 @@ def test_auxk_loss_matches_sae_lens_topk_aux_loss(make_sae: MakeSAE) -> None:
         ref.W_dec.copy_(sae.W_dec)
     x = torch.randn(64, 8)
     dead = torch.arange(32) % 3 == 0  # 11 dead latents, more than k_aux = d_in / 2 = 4
-    step = TrainStepInput(
-        sae_in=x,
-        coefficients={"l0": 0.1},
-        dead_neuron_mask=dead,
-        n_training_steps=0,
-        is_logging_step=False,
-    )
+    step = with_dead(x, dead)
     out = sae.training_forward_pass(step)
     expected = ref.calculate_topk_aux_loss(x, out.sae_out, out.hidden_pre.relu(), dead)
     assert out.losses["auxk_loss"].item() > 0
@@ -603,13 +608,7 @@ def test_auxk_loss_scales_down_when_few_latents_are_dead(make_sae: MakeSAE) -> N
     x = torch.randn(64, 8)
     dead = torch.zeros(32, dtype=torch.bool)
     dead[5] = True  # one dead latent, k_aux = 4: the loss is a quarter of its own AuxK term
-    step = TrainStepInput(
-        sae_in=x,
-        coefficients={"l0": 0.1},
-        dead_neuron_mask=dead,
-        n_training_steps=0,
-        is_logging_step=False,
-    )
+    step = with_dead(x, dead)
     out = sae.training_forward_pass(step)
     with torch.no_grad():
         residual = x - out.sae_out
@@ -622,14 +621,7 @@ def test_auxk_loss_trains_only_the_dead_latents(make_sae: MakeSAE) -> None:
     sae = make_sae(d_in=8, d_sae=32, auxk_loss_coefficient=1.0)
     randomise(sae)
     dead = torch.arange(32) % 4 == 0
-    step = TrainStepInput(
-        sae_in=torch.randn(64, 8),
-        coefficients={"l0": 0.1},
-        dead_neuron_mask=dead,
-        n_training_steps=0,
-        is_logging_step=False,
-    )
-    sae.training_forward_pass(step).losses["auxk_loss"].backward()
+    sae.training_forward_pass(with_dead(torch.randn(64, 8), dead)).losses["auxk_loss"].backward()
     # a dead latent learns where it is among a token's k_aux largest positive pre-activations
     assert sae.W_dec.grad[dead].abs().sum(dim=-1).gt(0).sum() >= 4
     assert sae.W_enc.grad[:, dead].abs().sum(dim=0).gt(0).sum() >= 4
@@ -641,14 +633,12 @@ def test_auxk_loss_is_zero_without_dead_latents(make_sae: MakeSAE) -> None:
     sae = make_sae(d_in=8, d_sae=32, auxk_loss_coefficient=1.0)
     randomise(sae)
     for dead in (None, torch.zeros(32, dtype=torch.bool)):
-        step = TrainStepInput(
-            sae_in=torch.randn(64, 8),
-            coefficients={"l0": 0.1},
-            dead_neuron_mask=dead,
-            n_training_steps=0,
-            is_logging_step=False,
+        assert (
+            sae.training_forward_pass(with_dead(torch.randn(64, 8), dead))
+            .losses["auxk_loss"]
+            .item()
+            == 0
         )
-        assert sae.training_forward_pass(step).losses["auxk_loss"].item() == 0
 
 
 # ---- threshold ceiling --------------------------------------------------------------------------
