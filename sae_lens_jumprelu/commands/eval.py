@@ -36,7 +36,7 @@ from sae_lens_jumprelu.sae_source import LoadedSAE, load_sae
 DEFAULT_CONTEXT_SIZE = 128
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalJob:
     """Everything ``sae-jumprelu eval`` can be told."""
 
@@ -69,6 +69,13 @@ class EvalJob:
     """Leave BOS/EOS/pad (and any ids the metadata lists) out of the metrics, as the paper does."""
     zero_ablation: bool = True
     """Also run with the activation zeroed, for CE-loss-recovered (one more forward pass)."""
+
+    def __post_init__(self) -> None:
+        # The device and the dataset are checked against this machine when the eval runs.
+        if not self.tokens > 0:
+            raise ValueError(f"--tokens must be positive, got {self.tokens}")
+        if self.context_size is not None and not self.context_size > 0:
+            raise ValueError(f"--context-size must be positive, got {self.context_size}")
 
 
 @dataclass(frozen=True)
@@ -133,8 +140,6 @@ def resolve_settings(job: EvalJob, sae: SAE[Any]) -> EvalSettings:
 def run_eval(job: EvalJob) -> EvalResult:
     check_device(job.device)
     check_dataset(job.dataset)
-    if not job.tokens > 0:
-        raise ValueError(f"--tokens must be positive, got {job.tokens}")
     prepare_output(job.out, job.overwrite)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
