@@ -70,7 +70,7 @@ print("ok")
     def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("sae_lens_jumprelu.commands.train.evaluate_saes", interrupted)
+    monkeypatch.setattr("sae_lens_jumprelu.commands.pipeline.evaluate_saes", interrupted)
     assert main(train.split() + SMALL + ["--overwrite"]) == 130
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]
