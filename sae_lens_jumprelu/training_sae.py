@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
-from sae_lens.saes.jumprelu_sae import calculate_pre_act_loss
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import Tensor, nn
 from typing_extensions import override
@@ -410,16 +409,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         return losses
 
     def _pre_act_loss(self, dead: Tensor | None, fwd: "_Forward") -> Tensor:
-        """SAELens's pre-activation loss on dead latents."""
         assert self.cfg.pre_act_loss_coefficient is not None
-        if fwd.encoder_input is None:  # a dense step: every pre-activation is at hand
-            return calculate_pre_act_loss(
-                self.cfg.pre_act_loss_coefficient,
-                fwd.threshold.to(fwd.hidden_pre.dtype),
-                fwd.hidden_pre,
-                dead,
-                fwd.decoder_norms,
-            )
         return dead_latents.pre_act_loss(
             self.cfg.pre_act_loss_coefficient, dead, partial(self._dead_pre_activations, fwd),
             fwd.threshold, fwd.decoder_norms, fwd.sae_out,
