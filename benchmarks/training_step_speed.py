@@ -223,7 +223,7 @@ def _entries_per_token(d_sae: int, x: torch.Tensor) -> dict[str, float]:
     torch.manual_seed(0)
     sae = ours("on", d_sae, x)
     Runner(sae, x).step()
-    return {"ours_entries_per_token": sae._step_density * d_sae}
+    return {"ours_entries_per_token": sae.step_density * d_sae}
 
 
 def print_speed(result: dict[str, Any]) -> None:
@@ -313,7 +313,7 @@ def crossover(d_sae: int, l0s: list[int], repeats: int) -> list[dict[str, Any]]:
             for mode, runner in [("sparse", sparse), ("dense", dense)][:: 1 if r % 2 else -1]:
                 fb, adam, _ = runner.step()
                 t[mode].append(fb + adam)
-        entries = sparse.sae._step_density * d_sae  # type: ignore[attr-defined]
+        entries = sparse.sae.step_density * d_sae  # type: ignore[attr-defined]
         rows.append(
             {
                 "d_sae": d_sae,

@@ -7,7 +7,7 @@ SAELens's plain ``"jumprelu"`` inference SAE: normalisation folded in, threshold
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -19,20 +19,15 @@ from sae_lens_jumprelu import dead_latents, saved_weights
 from sae_lens_jumprelu.batch_checks import check_batch
 from sae_lens_jumprelu.config import JumpReLUSTETrainingSAEConfig
 from sae_lens_jumprelu.grad_control import GradientGuard
-from sae_lens_jumprelu.sparse_step import (
-    entry_density,
-    heavy,
-    serial_bookkeeping,
-    sparse_jumprelu,
-)
-from sae_lens_jumprelu.sparsity import (
-    PENALTIES,
-    AnyPenaltyInputs,
-    EntryPenaltyInputs,
-    PenaltyInputs,
-    TargetL0Controller,
-)
+from sae_lens_jumprelu.sparse_step import serial_bookkeeping
+from sae_lens_jumprelu.sparsity import PENALTIES, TargetL0Controller
 from sae_lens_jumprelu.ste import jumprelu
+from sae_lens_jumprelu.step_forward import (
+    StepForward,
+    dense_step_forward,
+    sparse_step_forward,
+    takes_sparse_step,
+)
 
 # Kept in float32 whatever the SAE dtype: Adam's ~lr-sized steps round away in bfloat16.
 _FLOAT32_STATE = ("threshold_raw", "input_scale", "l0_coefficient_integral", "threshold_ceiling")
@@ -44,31 +39,6 @@ _TRAINING_ONLY_STATE = (
     "l0_coefficient_integral",
     "threshold_ceiling",
 )
-
-# sparse_step="auto" takes the sparse step while the last step touched at most this fraction of
-# all (token, latent) entries (active or in a threshold window). Measured crossover, d_sae 16384,
-# d_in 640, batch 4096 on the 2-core CPU (benchmarks/training_step_speed.py, crossover): sparse /
-# dense step time 0.82 at 16% of entries, 1.48 at 30%, so about 1 near 20%; at d_sae 4096 about 1
-# at 30%. Near the crossover either step costs about the same, so the margin is cheap.
-SPARSE_STEP_MAX_DENSITY = 0.15
-
-
-class _Forward(NamedTuple):
-    """One step's forward pass, dense or sparse, as the losses need it."""
-
-    feature_acts: Tensor
-    """Dense with grad (dense step), or sparse COO without grad (sparse step)."""
-    hidden_pre: Tensor
-    """Dense pre-activations; without grad in a sparse step."""
-    sae_out: Tensor
-    batch_l0: Tensor
-    penalty_inputs: AnyPenaltyInputs
-    threshold: Tensor
-    decoder_norms: Tensor
-    encoder_input: Tensor | None
-    """The normalised input, kept by a sparse step for the dead latents' pre-activations."""
-    latent_max: Tensor
-    """Each latent's largest pre-activation in the batch (no grad)."""
 
 
 class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
@@ -120,8 +90,8 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         )
         self._guard: GradientGuard | None = None
         self._input_scale_given = False
-        # Fraction of (token, latent) entries the last step touched; "auto" starts dense.
-        self._step_density = 1.0
+        self.step_density = 1.0
+        """Fraction of (token, latent) entries the last step touched; "auto" starts dense."""
         self.cross_replica_mean: Callable[[Tensor], Tensor] | None = None
         """Set by data-parallel training (``data_parallel.replicate``): averages a tensor over
         ranks in place. Gradients and the statistics this SAE takes from its batch (first-batch
@@ -211,10 +181,8 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         check_batch(x, self.cfg.d_in, step_input.n_training_steps, self.cfg.check_finite)
         self._prepare_step(x)
 
-        if self._takes_sparse_step(x):
-            fwd = self._sparse_forward(x)
-        else:
-            fwd = self._dense_forward(x)
+        fwd = self._step_forward(x)
+        self.step_density = fwd.density
         # The paper's loss is in normalised units: ||x - x_hat||^2 at the input scale's E||x||^2.
         error = (fwd.sae_out - x.to(fwd.sae_out.dtype)).float() * self.input_scale
         mse_loss = error.pow(2).sum(dim=-1).mean()
@@ -234,106 +202,17 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             metrics={"l0": fwd.batch_l0, "l0_coefficient": coefficient},
         )
 
-    def _dense_forward(self, x: Tensor) -> "_Forward":
+    def _step_forward(self, x: Tensor) -> StepForward:
+        """Sparse or dense, as ``sparse_step`` and the last step's density choose."""
+        hooks = {name: getattr(self, name) for name in ("hook_sae_acts_pre", "hook_sae_acts_post")}
+        if takes_sparse_step(self.cfg, x, hooks, self.step_density):
+            with serial_bookkeeping(x.device):
+                return sparse_step_forward(
+                    self.cfg, self._normalised_input(x), self.W_enc, self.b_enc, self.b_dec,
+                    self.W_dec, self.threshold, self._decode_product,
+                )  # fmt: skip
         feature_acts, hidden_pre = self.encode_with_hidden_pre(x)
-        threshold, decoder_norms = self.threshold, self.W_dec.norm(dim=-1)
-        batch_l0 = (feature_acts > 0).sum(dim=-1, dtype=torch.float32).mean()
-        if self.cfg.sparse_step == "auto":
-            self._step_density = entry_density(
-                hidden_pre.detach(),
-                threshold.detach(),
-                self.cfg.jumprelu_bandwidth,
-                self.cfg.jumprelu_kernel,
-            )
-        return _Forward(
-            feature_acts=feature_acts,
-            hidden_pre=hidden_pre,
-            sae_out=self.decode(feature_acts),
-            batch_l0=batch_l0,
-            penalty_inputs=self._penalty_inputs(hidden_pre, feature_acts, threshold, decoder_norms),
-            threshold=threshold,
-            decoder_norms=decoder_norms,
-            encoder_input=None,
-            latent_max=hidden_pre.detach().reshape(-1, self.cfg.d_sae).amax(dim=0),
-        )
-
-    def _sparse_forward(self, x: Tensor) -> "_Forward":
-        with serial_bookkeeping(x.device):
-            return self._sparse_forward_serial(x)
-
-    def _sparse_forward_serial(self, x: Tensor) -> "_Forward":
-        """The dense step's losses and gradients, touching only active latents and threshold
-        windows after the encoder matmul (``sparse_step.py``)."""
-        cfg = self.cfg
-        x_n = self._normalised_input(x)
-        threshold = self.threshold
-        with heavy():
-            decoder_norms = self.W_dec.norm(dim=-1)
-        step = sparse_jumprelu(
-            x_n,
-            self.W_enc,
-            self.b_enc,
-            self.b_dec if cfg.apply_b_dec_to_input else None,
-            threshold,
-            self.W_dec,
-            cfg.jumprelu_bandwidth,
-            cfg.jumprelu_kernel,
-            cfg.jumprelu_ste_to_input,
-        )
-        pattern, n_rows = step.pattern, x_n.shape[0]
-        self._step_density = step.hidden_pre.shape[0] / (n_rows * cfg.d_sae)
-        with torch.no_grad():
-            active = step.feature_acts != 0
-            feature_acts = pattern.to_sparse_coo(step.feature_acts.detach(), active)
-            hidden_pre = pattern.to_sparse_coo(step.hidden_pre.detach())
-        return _Forward(
-            feature_acts=feature_acts,
-            hidden_pre=hidden_pre,
-            sae_out=self._decode_product(step.recon),
-            batch_l0=active.sum(dtype=torch.float32) / n_rows,
-            # The penalties' STEs are elementwise: each entry takes its latent's threshold.
-            penalty_inputs=EntryPenaltyInputs(
-                hidden_pre=step.hidden_pre,
-                feature_acts=step.feature_acts,
-                threshold=threshold.index_select(0, pattern.cols),
-                decoder_norms=decoder_norms.index_select(0, pattern.cols),
-                bandwidth=cfg.jumprelu_bandwidth,
-                kernel=cfg.jumprelu_kernel,
-                ste_to_input=cfg.jumprelu_ste_to_input,
-                tanh_scale=cfg.jumprelu_tanh_scale,
-                rows=pattern.rows,
-                n_rows=n_rows,
-            ),
-            threshold=threshold,
-            decoder_norms=decoder_norms,
-            encoder_input=x_n,
-            latent_max=step.latent_max,
-        )
-
-    def _takes_sparse_step(self, x: Tensor) -> bool:
-        if self.cfg.sparse_step == "off":
-            return False
-        blocker = self._sparse_step_blocker(x)
-        if self.cfg.sparse_step == "on":
-            if blocker is not None:
-                raise ValueError(
-                    f"sparse_step='on' but the sparse step cannot run: {blocker}; use "
-                    "sparse_step='auto' to fall back to the dense step in such cases"
-                )
-            return True
-        return blocker is None and self._step_density <= SPARSE_STEP_MAX_DENSITY
-
-    def _sparse_step_blocker(self, x: Tensor) -> str | None:
-        """Why the sparse step cannot run on this batch, or None."""
-        if x.ndim != 2:
-            return f"the batch has shape {tuple(x.shape)}, not [tokens, d_in]"
-        if x.requires_grad:
-            return "the input requires grad (the sparse step gives it none)"
-        for name in ("hook_sae_acts_pre", "hook_sae_acts_post"):
-            hook_point = getattr(self, name)
-            if hook_point._forward_hooks or hook_point._backward_hooks:
-                return f"hooks are attached to {name}, which has no dense tensor to hook"
-        return None
+        return self._dense_step_forward(feature_acts, hidden_pre, self.decode(feature_acts))
 
     def _l0_coefficient(self, step_input: TrainStepInput, batch_l0: Tensor) -> Tensor | float:
         """lambda for this step: the controller's in target mode (advancing it), else the
@@ -370,37 +249,19 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         hidden_pre: Tensor,
         sae_out: Tensor,
     ) -> dict[str, Tensor]:
-        threshold, decoder_norms = self.threshold, self.W_dec.norm(dim=-1)
-        fwd = _Forward(
-            feature_acts=feature_acts,
-            hidden_pre=hidden_pre,
-            sae_out=sae_out,
-            batch_l0=(feature_acts > 0).sum(dim=-1, dtype=torch.float32).mean(),
-            penalty_inputs=self._penalty_inputs(hidden_pre, feature_acts, threshold, decoder_norms),
-            threshold=threshold,
-            decoder_norms=decoder_norms,
-            encoder_input=None,
-            latent_max=hidden_pre.detach().reshape(-1, self.cfg.d_sae).amax(dim=0),
-        )
+        fwd = self._dense_step_forward(feature_acts, hidden_pre, sae_out)
         coefficient = self._l0_coefficient(step_input, fwd.batch_l0)
         return self._sparsity_losses(step_input, coefficient, fwd)
 
-    def _penalty_inputs(
-        self, hidden_pre: Tensor, feature_acts: Tensor, threshold: Tensor, decoder_norms: Tensor
-    ) -> PenaltyInputs:
-        return PenaltyInputs(
-            hidden_pre=hidden_pre,
-            feature_acts=feature_acts,
-            threshold=threshold,
-            decoder_norms=decoder_norms,
-            bandwidth=self.cfg.jumprelu_bandwidth,
-            kernel=self.cfg.jumprelu_kernel,
-            ste_to_input=self.cfg.jumprelu_ste_to_input,
-            tanh_scale=self.cfg.jumprelu_tanh_scale,
+    def _dense_step_forward(
+        self, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
+    ) -> StepForward:
+        return dense_step_forward(
+            self.cfg, feature_acts, hidden_pre, sae_out, self.threshold, self.W_dec.norm(dim=-1)
         )
 
     def _sparsity_losses(
-        self, step_input: TrainStepInput, coefficient: Tensor | float, fwd: "_Forward"
+        self, step_input: TrainStepInput, coefficient: Tensor | float, fwd: StepForward
     ) -> dict[str, Tensor]:
         per_token = self._penalty(fwd.penalty_inputs, self.cfg.target_l0)
         losses = {"l0_loss": coefficient * per_token.mean()}
@@ -408,7 +269,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             losses["pre_act_loss"] = self._pre_act_loss(step_input.dead_neuron_mask, fwd)
         return losses
 
-    def _pre_act_loss(self, dead: Tensor | None, fwd: "_Forward") -> Tensor:
+    def _pre_act_loss(self, dead: Tensor | None, fwd: StepForward) -> Tensor:
         assert self.cfg.pre_act_loss_coefficient is not None
         return dead_latents.pre_act_loss(
             self.cfg.pre_act_loss_coefficient, dead, partial(self._dead_pre_activations, fwd),
@@ -416,7 +277,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         )  # fmt: skip
 
     def _auxk_loss(
-        self, dead: Tensor | None, fwd: "_Forward", residual: Float[Tensor, "batch d_in"]
+        self, dead: Tensor | None, fwd: StepForward, residual: Float[Tensor, "batch d_in"]
     ) -> Tensor:
         assert self.cfg.auxk_loss_coefficient is not None
         return dead_latents.auxk_loss(
@@ -427,7 +288,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             residual,
         )
 
-    def _dead_pre_activations(self, fwd: "_Forward", idx: Tensor) -> Tensor:
+    def _dead_pre_activations(self, fwd: StepForward, idx: Tensor) -> Tensor:
         """Pre-activations of the latents ``idx`` on this step's batch, with grad: sliced from
         a dense step's, or (a sparse step keeps none) a matmul as wide as ``idx``."""
         if fwd.encoder_input is None:

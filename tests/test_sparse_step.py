@@ -14,7 +14,7 @@ from sae_lens_jumprelu import sparse_step as sparse_step_module
 from sae_lens_jumprelu.data.synthetic import TrainerSettings
 from sae_lens_jumprelu.sparse_step import EntryPattern, sparse_jumprelu
 from sae_lens_jumprelu.ste import KERNEL_HALF_WIDTHS, jumprelu
-from sae_lens_jumprelu.training_sae import SPARSE_STEP_MAX_DENSITY
+from sae_lens_jumprelu.step_forward import SPARSE_STEP_MAX_DENSITY
 
 D_IN, D_SAE, BATCH, L0 = 16, 64, 96, 8
 TOLERANCE = 1e-5  # max |sparse - dense| / max |dense|, per tensor, in float32
@@ -308,14 +308,14 @@ def test_hooks_on_the_activations_force_the_dense_step() -> None:
     with pytest.raises(ValueError, match="sparse_step='on'.*hook_sae_acts_post"):
         sparse.training_forward_pass(step_input())
     sparse.cfg.sparse_step = "auto"
-    sparse._step_density = 0.0
+    sparse.step_density = 0.0
     out = sparse.training_forward_pass(step_input())
     assert not out.feature_acts.is_sparse
 
 
 def test_input_that_requires_grad_forces_the_dense_step() -> None:
     _, sparse = make_pair(sparse_step="auto")
-    sparse._step_density = 0.0
+    sparse.step_density = 0.0
     x = batch().requires_grad_()
     out = sparse.training_forward_pass(
         TrainStepInput(
