@@ -16,9 +16,10 @@ def test_parse_demo_defaults_and_flags() -> None:
     assert parse_args(["demo"]).recipe == "short_budget"
 
 
-def test_parse_rejects_bad_input() -> None:
-    with pytest.raises(SystemExit, match="--steps must be positive"):
+def test_parse_rejects_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
         parse_args(["demo", "--steps", "0"])
+    assert "argument --steps: must be positive, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["demo", "--recipe", "nonexistent"])
 
@@ -63,9 +64,14 @@ def test_bad_settings_fail_early_with_the_fix(tmp_path: Path, capsys) -> None:
         assert "must be a positive finite number" in capsys.readouterr().err
     assert main(["train", "--device", "cuda", "--out", str(tmp_path / "x")]) == 2
     assert "has no usable CUDA; use --device cpu" in capsys.readouterr().err
-    for flags in (["--target-l0", "0"], ["--d-sae", "0"], ["--target-l0", "600"]):
-        with pytest.raises(SystemExit, match=r"--target-l0 must be in \(0, --d-sae\)"):
+    for flags in (["--target-l0", "0"], ["--d-sae", "0"]):
+        with pytest.raises(SystemExit):
             parse_args(["demo", *flags])
+        assert f"argument {flags[0]}: must be" in capsys.readouterr().err
+    assert main(["demo", "--target-l0", "600", "--out", str(tmp_path / "x")]) == 2
+    assert "--target-l0 must be in (0, --d-sae); got 600 with --d-sae 512" in (
+        capsys.readouterr().err
+    )
     (tmp_path / "a-file").write_text("x")
     assert main(["demo", "--out", str(tmp_path / "a-file" / "demo")]) == 2
     assert "cannot write in" in capsys.readouterr().err
@@ -100,13 +106,20 @@ def test_every_job_field_is_a_flag_whose_help_is_its_docstring() -> None:
     from simple_parsing.docstring import get_attribute_docstring
 
     from sae_lens_jumprelu.commands.cli import build_parser
+    from sae_lens_jumprelu.commands.convert import ConvertJob
+    from sae_lens_jumprelu.commands.demo import DemoJob
     from sae_lens_jumprelu.commands.eval import EvalJob
     from sae_lens_jumprelu.commands.flags import SPELLINGS
     from sae_lens_jumprelu.commands.sweep import SweepJob
     from sae_lens_jumprelu.commands.train_job import TrainJob
+    from sae_lens_jumprelu.dashboard.command import DashboardJob
 
     (subparsers,) = [a for a in build_parser()._actions if a.dest == "command"]
-    for command, job in (("train", TrainJob), ("sweep", SweepJob), ("eval", EvalJob)):
+    jobs = (
+        ("train", TrainJob), ("sweep", SweepJob), ("eval", EvalJob), ("demo", DemoJob),
+        ("convert", ConvertJob), ("dashboard", DashboardJob),
+    )  # fmt: skip
+    for command, job in jobs:
         flags = {action.dest: action for action in subparsers.choices[command]._actions}
         for f in fields(job):
             assert f.name in flags, (command, f.name)

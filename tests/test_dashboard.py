@@ -78,7 +78,8 @@ def test_refuses_existing_output_and_bad_features(site, tmp_path):
 def test_feature_argument_parsing():
     assert parse_features("0-3,7,2") == [0, 1, 2, 3, 7]
     args = parse_args(["dashboard", "sae", "--out", "d", "--features", "5-6"])
-    assert args.features == [5, 6] and args.examples == 10
+    assert args.features == [5, 6] and args.examples == 10 and args.dtype == "float32"
+    assert parse_args(["dashboard", "sae", "--out", "d", "--dtype", "bfloat16"]).dtype == "bfloat16"
     with pytest.raises(SystemExit):
         parse_args(["dashboard", "sae", "--out", "d", "--features", "x-3"])
 

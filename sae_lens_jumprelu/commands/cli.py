@@ -7,10 +7,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from sae_lens_jumprelu.commands.flags import add_job_flags, job_from, positive_int
-from sae_lens_jumprelu.recipes import RECIPES
 
 
 @dataclass(frozen=True)
@@ -45,15 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo_flags(demo: argparse.ArgumentParser) -> None:
-    demo.add_argument(
-        "--out", type=Path, default=Path("sae-jumprelu-demo"), help="output directory"
-    )
-    demo.add_argument("--target-l0", type=float, default=8.0, help="mean active latents to reach")
-    demo.add_argument("--steps", type=int, default=800, help="training steps of 4096 samples")
-    demo.add_argument("--d-sae", type=int, default=512, help="number of latents")
-    demo.add_argument("--recipe", choices=sorted(RECIPES), default="short_budget")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    from sae_lens_jumprelu.commands.demo import DemoJob
+
+    add_job_flags(demo, DemoJob)
 
 
 def _train_flags(train: argparse.ArgumentParser) -> None:
@@ -104,10 +96,10 @@ def _eval_flags(ev: argparse.ArgumentParser) -> None:
     add_job_flags(ev, EvalJob)
 
 
-def _dashboard_flags(sub: argparse.ArgumentParser) -> None:
-    from sae_lens_jumprelu.dashboard.command import add_dashboard_flags
+def _dashboard_flags(dashboard: argparse.ArgumentParser) -> None:
+    from sae_lens_jumprelu.dashboard.command import DashboardJob, parse_features
 
-    add_dashboard_flags(sub)
+    add_job_flags(dashboard, DashboardJob, types_={"features": parse_features}, required=("out",))
 
 
 def _architecture_list(text: str) -> tuple[str, ...]:
@@ -135,35 +127,10 @@ def _grid(text: str) -> tuple[str, tuple[float, ...]]:
 
 
 def _convert_flags(convert: argparse.ArgumentParser) -> None:
+    from sae_lens_jumprelu.commands.convert import ConvertJob
     from sae_lens_jumprelu.convert import TARGETS
 
-    convert.add_argument(
-        "src", type=Path, help="SAELens dir, dictionary_learning dir or params file"
-    )
-    convert.add_argument("dst", type=Path, help="output file (gemma-scope) or directory")
-    convert.add_argument("--to", required=True, choices=list(TARGETS), help="target format")
-    convert.add_argument(
-        "--allow-inexact",
-        action="store_true",
-        help="write even if the result computes a different function; report the latents",
-    )
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    convert.add_argument(
-        "--apply-b-dec-to-input",
-        choices=["true", "false"],
-        default=None,
-        help="subtract b_dec from inputs in the result (default: as the source; gemma-scope: "
-        "false)",
-    )
-    convert.add_argument(
-        "--release-path",
-        default=None,
-        help="Gemma Scope release path to infer the hook from, e.g. "
-        "gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71 (default: SRC's own path)",
-    )
-    convert.add_argument("--hook-name", default=None, help="hook point to record in the result")
-    convert.add_argument("--d-in", type=int, default=None, help="check the SAE's input width")
-    convert.add_argument("--n-inputs", type=int, default=512, help="random inputs for verification")
+    add_job_flags(convert, ConvertJob, choices={"to": list(TARGETS)}, required=("to",))
 
 
 def _convert_epilog() -> str:
@@ -173,37 +140,16 @@ def _convert_epilog() -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "steps", 1) <= 0:
-        raise SystemExit("sae-jumprelu: --steps must be positive")
-    if args.command == "demo" and not (args.target_l0 > 0 and 0 < args.target_l0 < args.d_sae):
-        raise SystemExit(
-            f"sae-jumprelu demo: --target-l0 must be in (0, --d-sae); got {args.target_l0:g} "
-            f"with --d-sae {args.d_sae}"
-        )
-    if getattr(args, "n_inputs", 2) <= 1:
-        raise SystemExit("sae-jumprelu: --n-inputs must be at least 2")
-    return args
+    return build_parser().parse_args(argv)
 
 
-def run_convert(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.convert import convert
+def run_convert_command(args: argparse.Namespace) -> int:
+    from sae_lens_jumprelu.commands.convert import ConvertJob, run_convert
 
-    apply = None if args.apply_b_dec_to_input is None else args.apply_b_dec_to_input == "true"
-    result = convert(
-        args.src,
-        args.dst,
-        args.to,
-        allow_inexact=args.allow_inexact,
-        overwrite=args.overwrite,
-        apply_b_dec_to_input=apply,
-        release_path=args.release_path,
-        hook_name=args.hook_name,
-        d_in=args.d_in,
-        n_inputs=args.n_inputs,
-    )
+    job = job_from(ConvertJob, args)
+    result = run_convert(job)
     out = sys.stdout
-    out.write(f"{args.src} ({result.source_format}) -> {args.dst} ({result.target})\n")
+    out.write(f"{job.src} ({result.source_format}) -> {job.dst} ({result.target})\n")
     if result.clamped:
         out.write(
             f"{len(result.clamped)} Gated latents had a negative implied threshold, set to 0 "
@@ -296,9 +242,9 @@ def run_collect_command(args: argparse.Namespace) -> int:
 
 
 def run_dashboard_command(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.dashboard.command import run_dashboard
+    from sae_lens_jumprelu.dashboard.command import DashboardJob, run_dashboard
 
-    dashboard = run_dashboard(args)
+    dashboard = run_dashboard(job_from(DashboardJob, args))
     sys.stdout.write(
         f"{dashboard.out / 'index.html'}: {len(dashboard.features)} feature pages over "
         f"{dashboard.n_tokens} tokens\n"
@@ -307,11 +253,9 @@ def run_dashboard_command(args: argparse.Namespace) -> int:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.commands.demo import run_demo
+    from sae_lens_jumprelu.commands.demo import DemoJob, run_demo
 
-    result = run_demo(
-        args.out, args.target_l0, args.steps, args.d_sae, args.recipe, args.seed, args.overwrite
-    )
+    result = run_demo(job_from(DemoJob, args))
     s = result.scores
     sys.stdout.write(
         f"held-out: L0 {s.l0:.2f} (target {args.target_l0:g}, true features per sample "
@@ -349,7 +293,7 @@ COMMANDS: dict[str, Command] = {
     "convert": Command(
         "convert SAE weights exactly between formats (source format detected from its files)",
         _convert_flags,
-        run_convert,
+        run_convert_command,
         epilog=_convert_epilog,
     ),
     "eval": Command(

@@ -12,7 +12,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,20 +60,22 @@ class Spelling:
     """How a field appears on the command line where the plain rule does not fit."""
 
     flags: tuple[str, ...] = ()
-    """Its flag (or, empty, a positional argument named after the field)."""
+    """Its flag; empty: ``--`` and the field's name."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """``add_argument`` keywords over the generated ones (``action``, ``type``, ``metavar``)."""
     help: str | None = None
     """Help text instead of the docstring's (a negated flag says what it turns off)."""
     to_field: Callable[[Any], Any] | None = None
     """Parsed value -> field value (``FIELD=VALUE`` pairs -> a dict)."""
+    positional: bool = False
+    """A positional argument named after the field instead of a flag."""
 
 
 SPELLINGS: dict[str, Spelling] = {
-    "sae": Spelling(),
+    "sae": Spelling(positional=True),
+    "src": Spelling(positional=True),
+    "dst": Spelling(positional=True),
     "sites": Spelling(("--site",), {"action": "append", "metavar": "SITE"}),
-    "target_l0": Spelling(("--target-l0",), {"action": "append", "type": float}),
-    "l0_coefficient": Spelling(("--l0-coefficient",), {"action": "append", "type": float}),
     "exclude_special_tokens": Spelling(
         ("--keep-special-tokens",),
         {"action": "store_false"},
@@ -108,22 +110,26 @@ def add_job_flags(
     names: tuple[str, ...] | None = None,
     *,
     types_: dict[str, Callable[[str], Any]] | None = None,
+    choices: dict[str, Sequence[str]] | None = None,
     required: tuple[str, ...] = (),
 ) -> None:
     """A flag for each field of ``job_class`` (or those in ``names``, in that order).
-    ``types_`` parses fields whose values need more than their annotation says."""
+    ``types_`` parses fields whose values need more than their annotation says; ``choices``
+    lists the values of fields whose choices are known only at run time."""
     fields = {f.name: f for f in dataclasses.fields(job_class)}
     hints = typing.get_type_hints(job_class)
     defaults = job_class()
     for name in names or tuple(fields):
         spelling = SPELLINGS.get(name, Spelling())
-        flags = spelling.flags or ((f"--{name.replace('_', '-')}",) if name != "sae" else ())
+        flags = () if spelling.positional else spelling.flags or (f"--{name.replace('_', '-')}",)
         kwargs: dict[str, Any] = {"dest": name} if flags else {}
         if types_ and name in types_:
             kwargs |= {"type": types_[name], "default": getattr(defaults, name)}
         else:
             kwargs |= _by_type(name, hints[name], getattr(defaults, name))
         kwargs |= spelling.kwargs
+        if choices and name in choices:
+            kwargs["choices"] = list(choices[name])
         if name in required:
             kwargs["required"] = True
             kwargs.pop("default", None)
@@ -179,7 +185,11 @@ def _help(job_class: type, name: str, spelling: Spelling, kwargs: dict[str, Any]
         get_attribute_docstring(job_class, name).docstring_below.split()
     )
     default = kwargs.get("default")
-    shown = kwargs.get("action") not in ("store_true", "store_false", "append")
+    shown = not spelling.positional and kwargs.get("action") not in (
+        "store_true",
+        "store_false",
+        "append",
+    )
     if shown and default is not None and "default" not in text.lower():
         text += f" (default: {default})"
     return text.replace("``", "").replace("%", "%%")

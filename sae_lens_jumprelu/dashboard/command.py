@@ -1,6 +1,7 @@
 """``sae-jumprelu dashboard SAE --out DIR``: load the SAE, its model and a dataset, build."""
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from sae_lens_jumprelu.dashboard.build import Dashboard, DashboardConfig, build_dashboard
@@ -23,37 +24,50 @@ def parse_features(text: str) -> list[int]:
     return sorted(features)
 
 
-def add_dashboard_flags(sub: argparse.ArgumentParser) -> None:
-    defaults = DashboardConfig()
-    sub.add_argument("sae", type=Path, help="SAELens directory, Gemma Scope params file, ...")
-    sub.add_argument("--out", type=Path, required=True, help="output directory")
-    sub.add_argument(
-        "--model",
-        default=None,
-        help="TransformerLens model name (default: the SAE's model_name, else the embedded "
-        "gemma-3-270m)",
-    )
-    sub.add_argument(
-        "--dataset", default=None, help="HF dataset or local text files (default: embedded text)"
-    )
-    sub.add_argument("--tokens", type=int, default=16_384, help="tokens to gather statistics on")
-    sub.add_argument("--context-size", type=int, default=128)
-    sub.add_argument(
-        "--features",
-        type=parse_features,
-        default=None,
-        help=f"features to show, e.g. 0-99 or 3,7,12 (default: the {defaults.n_frequent} most "
-        f"frequent and {defaults.n_random} random others)",
-    )
-    sub.add_argument("--examples", type=int, default=defaults.examples, help="per feature")
-    sub.add_argument("--hook-name", default=None, help="hook of an SAE file that names none")
-    sub.add_argument("--batch-size", type=int, default=8, help="contexts per forward pass")
-    sub.add_argument("--device", default="cpu")
-    sub.add_argument("--seed", type=int, default=defaults.seed)
-    sub.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+@dataclass(frozen=True)
+class DashboardJob:
+    """Everything ``sae-jumprelu dashboard`` can be told."""
+
+    sae: str = ""
+    """The SAE: a SAELens directory, a Gemma Scope params file, a dictionary_learning directory
+    or a SAELens pretrained RELEASE/SAE_ID."""
+    out: Path = Path("sae-jumprelu-dashboard")
+    """Output directory (``index.html`` and one page per feature), written beside and renamed
+    into place once complete."""
+    model: str | None = None
+    """TransformerLens model name; None: the SAE's metadata model_name, else the embedded
+    gemma-3-270m."""
+    dataset: str | None = None
+    """HF dataset name or local text files; None: the embedded text."""
+    tokens: int = 16_384
+    """Tokens to gather the features' statistics and examples on."""
+    context_size: int = 128
+    """Tokens per context."""
+    features: list[int] | None = None
+    """Features to give pages, e.g. 0-99 or 3,7,12; None: the 100 most frequent and 20 random
+    others."""
+    examples: int = DashboardConfig.examples
+    """Top-activating contexts per feature."""
+    hook_name: str | None = None
+    """Hook point of an SAE file that names none."""
+    batch_size: int = 8
+    """Contexts per forward pass."""
+    device: str = "cpu"
+    """Torch device of the model and the SAE (cpu, cuda, cuda:1, mps)."""
+    dtype: str = "float32"
+    """Dtype of the language model (the SAE keeps its own)."""
+    seed: int = DashboardConfig.seed
+    """Seed of the random features shown when ``features`` is not given."""
+    overwrite: bool = False
+    """Replace an existing ``out``."""
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "context_size", "examples", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
 
 
-def run_dashboard(args: argparse.Namespace) -> Dashboard:
+def run_dashboard(job: DashboardJob) -> Dashboard:
     from sae_lens_jumprelu.analysis.hooked import (
         check_features,
         check_saes,
@@ -64,35 +78,32 @@ def run_dashboard(args: argparse.Namespace) -> Dashboard:
     from sae_lens_jumprelu.data.activations import special_token_ids
     from sae_lens_jumprelu.data.corpus import check_text_model, load_token_corpus
 
-    for name in ("tokens", "context_size", "examples", "batch_size"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    check_destination(args.out, args.overwrite)  # before a minute of model loading
-    sae = load_sae(args.sae, device=args.device, hook_name=args.hook_name)
-    check_features(sae, args.features or [])  # before the model is loaded
-    model_name = args.model or sae.cfg.metadata.model_name
-    model = hooked_sae_transformer(model_name, device=args.device)
+    check_destination(job.out, job.overwrite)  # before a minute of model loading
+    sae = load_sae(job.sae, device=job.device, hook_name=job.hook_name)
+    check_features(sae, job.features or [])  # before the model is loaded
+    model_name = job.model or sae.cfg.metadata.model_name
+    model = hooked_sae_transformer(model_name, device=job.device, dtype=job.dtype)
     check_saes(model, [sae])
-    check_text_model(model, args.context_size)
+    check_text_model(model, job.context_size)
     corpus = load_token_corpus(
         model.tokenizer,
-        args.dataset,
-        context_size=args.context_size,
-        train_tokens=args.tokens,
+        job.dataset,
+        context_size=job.context_size,
+        train_tokens=job.tokens,
         held_out_tokens=0,
     )
-    config = DashboardConfig(features=args.features, examples=args.examples, seed=args.seed)
+    config = DashboardConfig(features=job.features, examples=job.examples, seed=job.seed)
     return build_dashboard(
         model,
         sae,
-        corpus.train.split(args.batch_size),
-        args.out,
+        corpus.train.split(job.batch_size),
+        job.out,
         config,
         exclude_token_ids=special_token_ids(model),
         source={
-            "sae": str(args.sae),
+            "sae": str(job.sae),
             "model": model.cfg.model_name,
             "dataset": corpus.source,
         },
-        overwrite=args.overwrite,
+        overwrite=job.overwrite,
     )
