@@ -50,6 +50,32 @@ def _encoder_dims(W_enc: Tensor, source: str) -> tuple[int, int]:
     return W_enc.shape[0], W_enc.shape[1]
 
 
+class _Autoencoder:
+    """What both weight records share: an encoder ``W_enc [d_in, d_sae]`` with per-latent
+    vectors, a decoder ``W_dec [d_sae, d_in]`` and ``b_dec [d_in]``, checked alike."""
+
+    W_enc: Tensor
+    W_dec: Tensor
+    b_dec: Tensor
+    source: str
+
+    def _check_shapes(self, latent_vectors: tuple[str, ...]) -> None:
+        d_in, d_sae = _encoder_dims(self.W_enc, self.source)
+        _check_tensor("W_enc", self.W_enc, (d_in, d_sae), self.source)
+        for name in latent_vectors:
+            _check_tensor(name, getattr(self, name), (d_sae,), self.source)
+        _check_tensor("W_dec", self.W_dec, (d_sae, d_in), self.source)
+        _check_tensor("b_dec", self.b_dec, (d_in,), self.source)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.W_enc.shape[1])
+
+
 def decoder_norms(W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, " d_sae"]:
     """``||d_i||`` in float64; a zero row gets 1, so folding leaves it (and its latent) alone."""
     norms = W_dec.double().norm(dim=-1)
@@ -57,7 +83,7 @@ def decoder_norms(W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, " d_sae"]
 
 
 @dataclass(frozen=True)
-class JumpReLUWeights:
+class JumpReLUWeights(_Autoencoder):
     """A JumpReLU SAE's weights plus the facts needed to run it; validated on construction."""
 
     W_enc: Float[Tensor, "d_in d_sae"]
@@ -78,12 +104,7 @@ class JumpReLUWeights:
     """Where the weights came from, used in error messages."""
 
     def __post_init__(self) -> None:
-        d_in, d_sae = _encoder_dims(self.W_enc, self.source)
-        _check_tensor("W_enc", self.W_enc, (d_in, d_sae), self.source)
-        _check_tensor("b_enc", self.b_enc, (d_sae,), self.source)
-        _check_tensor("W_dec", self.W_dec, (d_sae, d_in), self.source)
-        _check_tensor("b_dec", self.b_dec, (d_in,), self.source)
-        _check_tensor("threshold", self.threshold, (d_sae,), self.source)
+        self._check_shapes(("b_enc", "threshold"))
         negative = (self.threshold < 0).nonzero().flatten()
         if len(negative):
             raise ConversionError(
@@ -98,14 +119,6 @@ class JumpReLUWeights:
                 f"{self.source}: weights have mixed dtypes {sorted(map(str, dtypes))}; "
                 "cast them to one dtype first"
             )
-
-    @property
-    def d_in(self) -> int:
-        return int(self.W_enc.shape[0])
-
-    @property
-    def d_sae(self) -> int:
-        return int(self.W_enc.shape[1])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -152,7 +165,7 @@ class JumpReLUWeights:
 
 
 @dataclass(frozen=True)
-class GatedWeights:
+class GatedWeights(_Autoencoder):
     """SAELens "gated" weights.
 
     gate = x' @ W_enc + b_gate > 0, mag = relu(x' @ (W_enc exp(r_mag)) + b_mag), f = gate * mag.
@@ -178,20 +191,7 @@ class GatedWeights:
     """Where the weights came from, used in error messages."""
 
     def __post_init__(self) -> None:
-        d_in, d_sae = _encoder_dims(self.W_enc, self.source)
-        _check_tensor("W_enc", self.W_enc, (d_in, d_sae), self.source)
-        for name in ("b_gate", "r_mag", "b_mag"):
-            _check_tensor(name, getattr(self, name), (d_sae,), self.source)
-        _check_tensor("W_dec", self.W_dec, (d_sae, d_in), self.source)
-        _check_tensor("b_dec", self.b_dec, (d_in,), self.source)
-
-    @property
-    def d_in(self) -> int:
-        return int(self.W_enc.shape[0])
-
-    @property
-    def d_sae(self) -> int:
-        return int(self.W_enc.shape[1])
+        self._check_shapes(("b_gate", "r_mag", "b_mag"))
 
     def with_unit_decoder(self) -> GatedWeights:
         """The same function with unit-norm decoder rows: the gate and the magnitude of latent i
