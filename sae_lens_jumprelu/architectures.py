@@ -137,9 +137,12 @@ ARCHITECTURES: dict[str, Architecture] = {
             "jumprelu",
             "SAELens jumprelu",
             "l0_coefficient",
-            # held-out L0 206, 204, 204, 193 for 0.1, 0.3, 1, 3: in 390 steps its thresholds
-            # climb at most lr per step whatever lambda is, so no lambda reaches L0 8-64 at this
-            # budget (it does at ~1000 steps, docs/results.md); two values show it
+            # held-out L0 206, 204, 204, 193 for 0.1, 0.3, 1, 3: Adam moves theta by at most
+            # ~lr per step, ~0.33 over these 390 scheduled steps whatever lambda is, so its
+            # initial theta sets the L0. Started higher it lands lower but kills latents:
+            # theta_0 0.1: L0 95-117, 49-55% dead; 0.3: L0 21-27, 96-97% dead, for lambda
+            # 0.03-1 (2026-12-04, docs/results.md). It reaches L0 44-115 at ~1000 steps; two
+            # values show it here
             (0.1, 1.0),
             _sae_lens_jumprelu,
         ),
