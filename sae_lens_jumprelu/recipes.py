@@ -132,6 +132,15 @@ SHORT_BUDGET = Recipe(
         # Gemma 3 270M layer 9, target 32, 195 steps: FVU 0.314 at L0 31.6 against 0.280 at L0
         # 26.6 (docs/results.md, "Before 2026-12-02").
         "normalized_mean_squared_norm": 3.4,
+        # The pseudo-derivatives' window, 3x the paper's: in a short run only the few entries
+        # within eps of theta carry the thresholds' gradient, and a wider window gives them a
+        # steadier one (0.003 is SAELens's 0.05 at E||x|| = sqrt(d_in) in these units). Gemma 3
+        # 270M layer 6, batch 256, 971 steps, 2026-12-04 (docs/results.md), delta LM loss at
+        # targets 16 / 32 / 64: 0.346 / 0.208 / 0.142 with 0.001 (32 and 64: the 2026-12-03
+        # Pareto), 0.273 / 0.184 / 0.130 with 0.003 (0.252 at 16 with 0.01); MLP output: 0.064 /
+        # 0.044 / 0.021 against 0.054 / 0.030 / 0.019 (0.062 at 16 with 0.01). Synthetic demo
+        # (target 8): FVU 0.128 / 0.123 / 0.120 for 0.001 / 0.003 / 0.01, MCC ~0.76 for all.
+        "jumprelu_bandwidth": 0.003,
         # theta must climb to ~0.25 within a few hundred steps. Scale 1: L0 6.58 for target 5
         # (outside +-10%), MCC 0.748; scale 10: FVU 0.236, MCC 0.549, 21% dead.
         "threshold_lr_scale": 3.0,
