@@ -7,8 +7,9 @@ The protocol of issue 15: the embedded Gemma 3 270M, 250k training tokens of the
 one pass, every SAE trained by SAELens's ``SAETrainer`` on the same batches with the same
 schedule (ours, ``short_budget``'s: batch 256, 5% warm-up, the last 20% decayed to zero). Every
 baseline starts b_dec at the data mean and gets the best learning rate of ``--lr-grid``, chosen
-on its middle setting by held-out FVU on the first site and reused on the others; ours trains at
-its recipe's learning rate, untuned. All are saved, reloaded by stock SAELens and evaluated with
+on its middle setting by held-out FVU on the first site and reused on the others
+(``--baseline-lr topk=3e-3`` reuses an earlier grid's choice instead); ours trains at its
+recipe's learning rate, untuned. All are saved, reloaded by stock SAELens and evaluated with
 ``evals.evaluate_saes`` on held-out documents (L0, FVU, delta LM loss, dead latents).
 
 Writes ``<out>/pareto.json``, ``<out>/pareto.md`` and, per site, PNGs of delta LM loss, FVU and
@@ -98,9 +99,25 @@ def parse_args(
         default={},
         help="JSON object of JumpReLUSTETrainingSAEConfig fields over ours' recipe",
     )
+    parser.add_argument(
+        "--baseline-lr",
+        nargs="*",
+        default=[],
+        type=baseline_lr,
+        metavar="ARCH=LR",
+        help="a baseline's learning rate from an earlier grid on this protocol (skips its grid)",
+    )
     parser.add_argument("--ours-lr", type=float, default=SHORT_BUDGET.lr)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
+
+
+def baseline_lr(text: str) -> tuple[str, float]:
+    name, _, lr = text.partition("=")
+    if name not in SETTINGS or name == OURS or not lr:
+        baselines = [c for c in SETTINGS if c != OURS]
+        raise argparse.ArgumentTypeError(f"expected BASELINE=LR with BASELINE one of {baselines}")
+    return name, float(lr)
 
 
 @dataclass
@@ -177,20 +194,21 @@ def main() -> None:
         sae={**SHORT_BUDGET.sae, **args.sae_config},
     )
     bench = Bench.of(args, cache, model, recipe)
-    chosen_lrs: dict[str, float] = {}
+    chosen_lrs: dict[str, float] = dict(args.baseline_lr)
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "sites": {}}
     baselines = [c for c in args.contenders if c != OURS]
     for spec in args.sites:
         (site,) = resolve_sites(model, [spec])
         stats = first_batch_statistics(cache, site.hook_name, args)
         trained: dict[str, SAE[Any]] = {}
-        if not chosen_lrs and baselines:  # the grid, on each baseline's middle setting
+        untuned = [c for c in baselines if c not in chosen_lrs]
+        if untuned:  # the grid, on each baseline's middle setting, on the first site
             grid = [
-                Run(ARCHITECTURES[c], SETTINGS[c][1], lr) for c in baselines for lr in args.lr_grid
+                Run(ARCHITECTURES[c], SETTINGS[c][1], lr) for c in untuned for lr in args.lr_grid
             ]
             trained = bench.train_and_reload(site, stats, grid)
             fvus = bench.held_out_fvu(site, trained)
-            for c in baselines:
+            for c in untuned:
                 tried = [r for r in grid if r.architecture.name == c]
                 chosen_lrs[c] = min(tried, key=lambda r: fvus[r.name]).lr
             results["lr_grid_fvu"] = fvus

@@ -9,7 +9,6 @@ dominated by).
 """
 
 import argparse
-from itertools import islice
 from pathlib import Path
 
 import torch
@@ -24,8 +23,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=40_960)
     args = parser.parse_args()
     cache = ActivationCache(args.cache)
-    batches = cache.iter_batches(4096, [args.hook_name], shuffle_shards=False)
-    x = torch.cat([b[args.hook_name] for b in islice(batches, -(-args.tokens // 4096))]).float()
+    x = cache.head(args.hook_name, args.tokens).float()
     norms = x.norm(dim=-1)
     squared = norms.pow(2)
     quantiles = torch.quantile(norms, torch.tensor([0.1, 0.5, 0.9, 0.99]))

@@ -59,6 +59,12 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     ``short_budget``'s (why: ``recipes.py``). The MSE scales with it, so target mode starts lambda
     at ``l0_coefficient`` times it."""
 
+    init_threshold_at_target: bool = False
+    """In target mode, start each theta at the quantile of its latent's first-batch
+    pre-activations that a fraction ``target_l0 / d_sae`` of the tokens exceed: every latent
+    starts alive and the batch L0 starts at the target, instead of at ~d_sae / 3 with
+    theta = ``jumprelu_init_threshold`` for all."""
+
     init_b_dec_to_mean: bool = True
     """Start b_dec at the first batch's mean (and shift b_enc to match); a zero b_dec moves only
     ~lr per step while the mean carries most of E||x||^2 in LM residual streams."""
@@ -150,6 +156,8 @@ def _validate(cfg: JumpReLUSTETrainingSAEConfig) -> None:
         )
     if cfg.target_l0 is not None and not 0 < cfg.target_l0 <= cfg.d_sae:
         fail("target_l0", f"must be in (0, d_sae={cfg.d_sae}], got {cfg.target_l0}")
+    if cfg.init_threshold_at_target and not cfg.target_mode:
+        fail("init_threshold_at_target", "needs target mode: set target_l0 (step or tanh penalty)")
     if cfg.jumprelu_sparsity_loss_mode == "quadratic" and cfg.target_l0 is None:
         fail("target_l0", "must be set for the quadratic sparsity penalty")
     if not cfg.l0_coefficient >= 0 or (cfg.target_mode and cfg.l0_coefficient == 0):

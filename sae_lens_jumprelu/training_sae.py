@@ -71,7 +71,10 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
         self.register_buffer(
             "input_scale_pending",
             torch.tensor(
-                cfg.normalize_to_unit_mean_square or cfg.init_b_dec_to_mean, device=self.device
+                cfg.normalize_to_unit_mean_square
+                or cfg.init_b_dec_to_mean
+                or cfg.init_threshold_at_target,
+                device=self.device,
             ),
         )
         self.register_buffer("l0_coefficient_integral", torch.ones((), **f32))
@@ -348,7 +351,21 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             if not self.cfg.apply_b_dec_to_input:
                 # Centre the pre-activations as subtracting b_dec would.
                 self.b_enc.sub_(mean @ self.W_enc)
+        if self.cfg.init_threshold_at_target:
+            self._init_threshold_at_target(x)
         self.input_scale_pending.fill_(False)
+
+    def _init_threshold_at_target(self, x: Tensor) -> None:
+        """theta_i halfway between latent i's k-th and (k+1)-th largest pre-activations in the
+        batch, k = the target's share of its tokens: exactly k tokens fire each latent (ties
+        aside), with a margin that rounding in the parametrization cannot cross."""
+        hidden_pre = self.encode_with_hidden_pre(x)[1].reshape(-1, self.cfg.d_sae).float()
+        n_tokens = hidden_pre.shape[0]
+        k = round(n_tokens * self.cfg.target_l0 / self.cfg.d_sae)  # type: ignore[operator]
+        k = min(max(k, 1), n_tokens - 1)
+        largest = hidden_pre.topk(k + 1, dim=0).values
+        threshold = ((largest[k - 1] + largest[k]) / 2).clamp(min=0.0)
+        self.set_threshold(self._global_mean(threshold))
 
     # ---- folding, saving, loading -----------------------------------------------------------
 

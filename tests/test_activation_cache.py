@@ -67,6 +67,15 @@ def test_cache_holds_every_token_once_with_its_norm(tmp_path, model, sites):
     assert torch.equal(cache.held_out_tokens(), contexts[:2])
 
 
+def test_head_is_the_first_tokens_in_stored_order(tmp_path, model, sites):
+    contexts = random_contexts(10)
+    cache = write_activation_cache(tmp_path, model, spec_for(sites), contexts, contexts_per_pass=2)
+    hook = sites[0].hook_name
+    stored = torch.cat([cache.read_shard(e, [hook])[hook] for e in cache.manifest["shards"]])
+    assert torch.equal(cache.head(hook, 50), stored[:50])  # 50 tokens: across two shards
+    assert torch.equal(cache.head(hook, 10_000), stored)  # more than the cache holds: all
+
+
 class Interrupt(Exception):
     pass
 

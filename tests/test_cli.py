@@ -22,6 +22,9 @@ def test_parse_rejects_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert "argument --steps: must be positive, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["demo", "--recipe", "nonexistent"])
+    with pytest.raises(SystemExit):
+        parse_args(["collect", "--out", "c", "--contexts-per-shard", "0"])
+    assert "argument --contexts-per-shard: must be positive, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

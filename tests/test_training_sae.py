@@ -374,6 +374,33 @@ def test_init_b_dec_to_mean(
     torch.testing.assert_close(out.hidden_pre.detach(), (x_n - mean) @ W_enc + b_enc)
 
 
+@pytest.mark.parametrize("threshold_lr_scale", [1.0, 3.0])
+def test_init_threshold_at_target_fires_every_latent_on_the_targets_share(
+    make_sae: MakeSAE, make_step_input: MakeStepInput, threshold_lr_scale: float
+) -> None:
+    sae = make_sae(
+        d_in=8,
+        d_sae=64,
+        target_l0=4,
+        init_threshold_at_target=True,
+        init_b_dec_to_mean=True,
+        threshold_lr_scale=threshold_lr_scale,
+    )
+    x = torch.randn(256, 8) * 3.0 + 1.0
+    out = sae.training_forward_pass(make_step_input(x))
+    # 256 tokens * 4 / 64 latents: each theta halfway between its latent's 16th and 17th
+    # largest pre-activations
+    ranked = out.hidden_pre.detach().sort(dim=0, descending=True).values
+    torch.testing.assert_close(sae.threshold.detach(), (ranked[15] + ranked[16]) / 2)
+    assert (out.feature_acts != 0).sum(dim=0).tolist() == [16] * 64
+    assert (out.feature_acts != 0).sum(dim=-1).float().mean().item() == 4.0
+
+
+def test_init_threshold_at_target_needs_target_mode(make_cfg: Callable[..., Any]) -> None:
+    with pytest.raises(ValueError, match="init_threshold_at_target needs target mode"):
+        make_cfg(init_threshold_at_target=True)
+
+
 def test_trained_sae_saves_weights_for_raw_activations(
     make_sae: MakeSAE, make_batches: MakeBatches, tmp_path: Path
 ) -> None:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sae_lens_jumprelu.commands.flags import add_job_flags, job_from, positive_int
+from sae_lens_jumprelu.commands.flags import add_job_flags, job_from
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,11 @@ _COLLECT_FIELDS = (
 
 
 def _collect_flags(collect: argparse.ArgumentParser) -> None:
+    from sae_lens_jumprelu.commands.collect import CacheLayout
     from sae_lens_jumprelu.commands.train_job import TrainJob
 
     add_job_flags(collect, TrainJob, _COLLECT_FIELDS, required=("out",))
-    collect.add_argument(
-        "--contexts-per-shard", type=positive_int, default=64, help="contexts per cache shard"
-    )
+    add_job_flags(collect, CacheLayout)
 
 
 def _sweep_flags(sweep: argparse.ArgumentParser) -> None:
@@ -226,10 +225,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def run_collect_command(args: argparse.Namespace) -> int:
-    from sae_lens_jumprelu.commands.collect import run_collect
+    from sae_lens_jumprelu.commands.collect import CacheLayout, run_collect
     from sae_lens_jumprelu.commands.train_job import TrainJob
 
-    cache = run_collect(job_from(TrainJob, args), args.contexts_per_shard)
+    cache = run_collect(job_from(TrainJob, args), job_from(CacheLayout, args))
     state = "complete" if cache.complete else "INCOMPLETE"
     sys.stdout.write(
         f"{cache.path}: {cache.tokens} tokens at {len(cache.sites)} site(s), {state}\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
@@ -388,6 +388,18 @@ class ActivationCache:
                     "collect into a new --out"
                 )
         return {hook: tensors[hook] for hook in hook_names}
+
+    def head(self, hook_name: str, tokens: int) -> Float[Tensor, "n d_in"]:
+        """The first ``tokens`` activations at ``hook_name`` in stored order (fewer if the
+        cache holds fewer): a fixed sample to inspect, read without a batch stream."""
+        parts: list[Tensor] = []
+        for entry in self.manifest["shards"]:
+            if sum(part.shape[0] for part in parts) >= tokens:
+                break
+            parts.append(self.read_shard(entry, [hook_name])[hook_name])
+        if not parts:
+            raise ActivationCacheError(f"{self.path} holds no complete shard yet")
+        return torch.cat(parts)[:tokens]
 
     def iter_batches(
         self,
