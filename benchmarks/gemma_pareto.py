@@ -226,7 +226,7 @@ def main() -> None:
             "lr": {c: lrs[c] for c in args.contenders},
             "final": {c: [e.summary() for e in evs] for c, evs in final.items()},
         }
-        plot_site(site.hook_name, final, args.out)
+        plot_site(site.hook_name, results["sites"][site.hook_name]["final"], args.out)
     results["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "pareto.json", json.dumps(results, indent=2))
@@ -310,20 +310,23 @@ def save(sae: TrainingSAE[Any], path: Path) -> Path:
     return path
 
 
-def plot_site(hook: str, final: dict[str, list[SAEEvaluation]], out: Path) -> None:
+def plot_site(hook: str, final: dict[str, list[dict[str, float]]], out: Path) -> None:
+    """``final``: each contender's ``SAEEvaluation.summary()`` rows, as in ``pareto.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    for metric, label in (
-        ("delta_lm_loss", "delta LM loss (nats)"),
-        ("fvu", "FVU"),
-        ("frac_dead", "dead fraction (held-out)"),
+    for metric, label, yscale in (
+        # log: Gated's far points (L0 ~1 at 4 nats) would flatten the others' differences
+        ("delta_lm_loss", "delta LM loss (nats)", "log"),
+        ("fvu", "FVU", "log"),
+        ("frac_dead", "dead fraction (held-out)", "linear"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for contender, evs in final.items():
-            xs = [e.l0 for e in evs]
-            ys = [getattr(e, metric) for e in evs]
+        for contender, rows in final.items():
+            xs = [row["l0"] for row in rows]
+            ys = [row[metric] for row in rows]
             style = "o-" if contender == OURS else "s--"
             ax.plot(xs, ys, style, label=ARCHITECTURES[contender].label)
         ax.set_xscale("log")
+        ax.set_yscale(yscale)
         ax.set_xlabel("held-out L0")
         ax.set_ylabel(label)
         ax.set_title(f"{hook}, 250k tokens, d_sae 4096")
