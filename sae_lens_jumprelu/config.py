@@ -59,6 +59,16 @@ class JumpReLUSTETrainingSAEConfig(JumpReLUTrainingSAEConfig):
     ``short_budget``'s (why: ``recipes.py``). The MSE scales with it, so target mode starts lambda
     at ``l0_coefficient`` times it."""
 
+    normalized_variance: float | None = None
+    """If set, the scale makes the centred inputs' E||x - E[x]||^2 equal this instead: what the
+    SAE sees once b_dec is at the mean, which is a different share of E||x||^2 at every site (12%
+    on Gemma 3 270M's layer-6 residual stream, 39% on its MLP output, 2026-12-04). 0.41 keeps
+    the residual stream at its E||x||^2 = 3.4. The dataset-wide E||x||^2 given by
+    ``set_mean_squared_norm`` is centred with the first batch's mean. Lambda still starts at
+    ``l0_coefficient`` times ``normalized_mean_squared_norm``. Opt-in: 0.41 helped the MLP output
+    at target 16 and cost the residual stream 0.03-0.05 nats there (docs/results.md,
+    2026-12-04 session 3)."""
+
     init_threshold_at_target: bool = False
     """In target mode, start each theta at the quantile of its latent's first-batch
     pre-activations that a fraction ``target_l0 / d_sae`` of the tokens exceed: every latent
@@ -167,6 +177,8 @@ def _validate(cfg: JumpReLUSTETrainingSAEConfig) -> None:
             "normalized_mean_squared_norm",
             f"must be > 0, got {cfg.normalized_mean_squared_norm}",
         )
+    if cfg.normalized_variance is not None and not cfg.normalized_variance > 0:
+        fail("normalized_variance", f"must be None or > 0, got {cfg.normalized_variance}")
     if not cfg.threshold_lr_scale > 0:
         fail("threshold_lr_scale", f"must be > 0, got {cfg.threshold_lr_scale}")
     if cfg.max_grad_norm is not None and not cfg.max_grad_norm > 0:

@@ -46,7 +46,8 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
 
     State beyond SAELens's ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``:
     ``threshold_raw`` (theta / threshold_lr_scale, or log theta), ``input_scale`` (the scalar
-    that gives E||x||^2 = ``normalized_mean_squared_norm``; the weights live in those units),
+    that gives E||x||^2 = ``normalized_mean_squared_norm``, or the centred
+    ``normalized_variance``; the weights live in those units),
     ``l0_coefficient_integral`` (the integral term of target mode's controller) and
     ``threshold_ceiling`` (the moving average of each latent's batch maximum that bounds its
     theta).
@@ -92,7 +93,7 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
             else None
         )
         self._guard: GradientGuard | None = None
-        self._input_scale_given = False
+        self._dataset_mean_square: float | None = None
         self.step_density = 1.0
         """Fraction of (token, latent) entries the last step touched; "auto" starts dense."""
         self.cross_replica_mean: Callable[[Tensor], Tensor] | None = None
@@ -331,20 +332,37 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
 
     def set_mean_squared_norm(self, mean_squared_norm: float) -> None:
         """Normalise by a dataset-wide E||x||^2 (e.g. an activation cache's) instead of the
-        first batch's estimate."""
+        first batch's estimate; with ``normalized_variance`` the scale is set on the first batch,
+        which supplies the mean."""
         if not self.cfg.normalize_to_unit_mean_square:
             raise ValueError("this SAE's config has normalize_to_unit_mean_square=False")
         if not mean_squared_norm > 0:
             raise ValueError(f"E||x||^2 must be positive, got {mean_squared_norm}")
-        self.input_scale.fill_((self.cfg.normalized_mean_squared_norm / mean_squared_norm) ** 0.5)
-        self._input_scale_given = True
+        self._dataset_mean_square = mean_squared_norm
+        if self.cfg.normalized_variance is None:
+            self._fit_input_scale(mean_squared_norm)
+
+    def _fit_input_scale(self, statistic: float) -> None:
+        """input_scale that brings ``statistic`` (raw E||x||^2, or E||x - E[x]||^2 with
+        ``normalized_variance``) to its configured value."""
+        if not statistic > 0:
+            name = "variance" if self.cfg.normalized_variance else "E||x||^2"
+            raise ValueError(
+                f"the training activations' {name} is {statistic:.3g}: they are constant (or"
+                " zero), so there is nothing to normalise or learn; check the hook point"
+            )
+        target = self.cfg.normalized_variance or self.cfg.normalized_mean_squared_norm
+        self.input_scale.fill_((target / statistic) ** 0.5)
 
     def _initialise_from_batch(self, x: Tensor) -> None:
         flat = x.reshape(-1, self.cfg.d_in).float()
-        if self.cfg.normalize_to_unit_mean_square and not self._input_scale_given:
-            mean_square = self._global_mean(flat.pow(2).sum(dim=-1).mean())
-            target = self.cfg.normalized_mean_squared_norm
-            self.input_scale.fill_((target / mean_square).sqrt().item())
+        if self.cfg.normalize_to_unit_mean_square:
+            mean_square = self._dataset_mean_square
+            if mean_square is None:
+                mean_square = self._global_mean(flat.pow(2).sum(dim=-1).mean()).item()
+            if self.cfg.normalized_variance is not None:
+                mean_square -= self._global_mean(flat.mean(dim=0)).pow(2).sum().item()
+            self._fit_input_scale(mean_square)
         if self.cfg.init_b_dec_to_mean:
             mean = self._global_mean((flat * self.input_scale).mean(dim=0)).to(self.dtype)
             self.b_dec.copy_(mean)

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 import torch
@@ -211,3 +212,28 @@ def test_a_manifest_edit_is_reported_as_a_cache_problem(tmp_path, model, sites):
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ActivationCacheError, match=r"lacks \['shards'\]: the cache's manifest"):
         ActivationCache(tmp_path)
+
+
+def test_a_budget_beyond_the_cache_reads_it_again_reshuffled(tmp_path, model, sites):
+    from sae_lens_jumprelu.commands.pipeline import cache_passes
+
+    contexts = random_contexts(10)
+    cache = write_activation_cache(tmp_path, model, spec_for(sites), contexts, contexts[:2])
+    hook = sites[0].hook_name
+    assert cache.tokens == 148  # 4 batches of 32 a pass, 20 tokens dropped
+    torch.manual_seed(0)  # the shuffle buffer draws from the global RNG
+    with pytest.warns(UserWarning, match="holds 148 tokens: --tokens 300 reads it 3 times"):
+        batches = [b[hook] for b in cache_passes(cache, 300, 32, [hook], seed=5)]
+    assert len(batches) == 12
+    passes = [torch.cat(batches[i : i + 4]) for i in (0, 4, 8)]
+    torch.manual_seed(0)
+    first_pass = torch.cat([b[hook] for b in cache.iter_batches(32, [hook], seed=5)])
+    assert torch.equal(passes[0], first_pass)
+    assert not torch.equal(passes[0], passes[1])  # each pass has its own order
+    everything = cache.iter_batches(cache.tokens, [hook], shuffle_shards=False)
+    every_row = {tuple(r.tolist()) for r in next(everything)[hook]}
+    for rows in passes:
+        assert {tuple(r.tolist()) for r in rows} <= every_row and len(rows) == 128
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a budget the cache covers: one pass, said nothing
+        assert len(list(cache_passes(cache, 128, 32, [hook], seed=5))) == 4

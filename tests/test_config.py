@@ -52,6 +52,7 @@ def test_architecture_and_inference_config(make_cfg: MakeCfg) -> None:
         ({"l0_coefficient": 0.0, "target_l0": 2}, "l0_coefficient"),  # target mode needs lambda > 0
         ({"d_sae": 0}, "d_sae"),
         ({"normalized_mean_squared_norm": 0.0}, "normalized_mean_squared_norm"),
+        ({"normalized_variance": -1.0}, "normalized_variance"),
     ],
 )
 def test_invalid_values_raise_naming_the_field(

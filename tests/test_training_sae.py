@@ -343,6 +343,34 @@ def test_input_scale_reaches_the_requested_mean_square(
     assert sae.input_scale.item() == pytest.approx(0.25, rel=1e-6)
 
 
+def test_normalized_variance_scales_the_centred_inputs(
+    make_sae: MakeSAE, make_step_input: MakeStepInput
+) -> None:
+    # mean (2, 2): E||x||^2 = 13, ||mean||^2 = 8, variance 5: scale sqrt(1.25 / 5) = 0.5
+    x = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    sae = make_sae(normalized_variance=1.25, init_b_dec_to_mean=True)
+    sae.training_forward_pass(make_step_input(x))
+    assert sae.input_scale.item() == pytest.approx(0.5, rel=1e-6)
+    centred = x * sae.input_scale - sae.b_dec.detach()
+    assert centred.pow(2).sum(dim=-1).mean().item() == pytest.approx(1.25, rel=1e-6)
+    # A dataset-wide E||x||^2 of 28 waits for the first batch's mean: sqrt(1.25 / 20) = 0.25.
+    sae = make_sae(normalized_variance=1.25)
+    sae.set_mean_squared_norm(28.0)
+    assert bool(sae.input_scale_pending) and sae.input_scale.item() == 1.0
+    sae.training_forward_pass(make_step_input(x))
+    assert sae.input_scale.item() == pytest.approx(0.25, rel=1e-6)
+
+
+def test_constant_inputs_cannot_be_normalised(
+    make_sae: MakeSAE, make_step_input: MakeStepInput
+) -> None:
+    x = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
+    with pytest.raises(ValueError, match="variance is 0: they are constant"):
+        make_sae(normalized_variance=1.0).training_forward_pass(make_step_input(x))
+    with pytest.raises(ValueError, match=r"E\|\|x\|\|\^2 is 0: they are constant"):
+        make_sae().training_forward_pass(make_step_input(torch.zeros(2, 2)))
+
+
 def test_input_scale_stays_one_when_normalisation_is_off(
     make_sae: MakeSAE, make_step_input: MakeStepInput
 ) -> None:

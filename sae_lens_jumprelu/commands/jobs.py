@@ -36,7 +36,8 @@ class LanguageModelRun:
     context_size: int = 128
     """Tokens per context (BOS first)."""
     tokens: int = 200_000
-    """Training tokens per SAE."""
+    """Training tokens per SAE (with ``activations``: a cache holding fewer is read again,
+    reshuffled, until they are reached)."""
     eval_tokens: int = 4096
     """Held-out tokens for L0, FVU and delta LM loss (documents never trained on; with
     ``activations``, the first of the cache's held-out contexts; ``collect``: stored)."""

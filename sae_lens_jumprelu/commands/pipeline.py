@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,9 @@ def read_activations(
         held_out = cache.held_out_tokens()
         if held_out is None:
             raise ValueError(f"{job.activations} has no held-out tokens to evaluate on")
-        head, batches = peek(cache.iter_batches(batch_size, hooks, seed=job.seed), HEAD_BATCHES)
+        head, batches = peek(
+            cache_passes(cache, job.tokens, batch_size, hooks, job.seed), HEAD_BATCHES
+        )
         return RunData(
             sites=sites,
             batches=batches,
@@ -152,6 +155,24 @@ def read_activations(
     )
     head, batches = stream(passes, hooks, batch_size)
     return RunData(sites, batches, head, corpus.held_out, corpus.source)
+
+
+def cache_passes(
+    cache: ActivationCache, tokens: int, batch_size: int, hooks: list[str], seed: int
+) -> Iterator[SiteBatch]:
+    """As many passes over ``cache`` as ``tokens`` needs, pass p shuffled from ``seed + p``; a
+    cache smaller than the budget is read again rather than cut short, and the user is told."""
+    per_pass = cache.tokens // batch_size * batch_size  # the last partial batch is dropped
+    passes = math.ceil(tokens / per_pass) if per_pass else 1
+    if passes > 1:
+        warnings.warn(
+            f"{cache.path} holds {cache.tokens} tokens: --tokens {tokens} reads it {passes} "
+            "times, reshuffled each time",
+            stacklevel=2,
+        )
+    return chain.from_iterable(
+        cache.iter_batches(batch_size, hooks, seed=seed + p) for p in range(passes)
+    )
 
 
 def stream(
