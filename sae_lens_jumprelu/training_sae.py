@@ -356,15 +356,16 @@ class JumpReLUSTETrainingSAE(TrainingSAE[JumpReLUSTETrainingSAEConfig]):
 
     def _initialise_from_batch(self, x: Tensor) -> None:
         flat = x.reshape(-1, self.cfg.d_in).float()
+        raw_mean = self._global_mean(flat.mean(dim=0))
         if self.cfg.normalize_to_unit_mean_square:
             mean_square = self._dataset_mean_square
             if mean_square is None:
                 mean_square = self._global_mean(flat.pow(2).sum(dim=-1).mean()).item()
             if self.cfg.normalized_variance is not None:
-                mean_square -= self._global_mean(flat.mean(dim=0)).pow(2).sum().item()
+                mean_square -= raw_mean.pow(2).sum().item()
             self._fit_input_scale(mean_square)
         if self.cfg.init_b_dec_to_mean:
-            mean = self._global_mean((flat * self.input_scale).mean(dim=0)).to(self.dtype)
+            mean = (raw_mean * self.input_scale).to(self.dtype)
             self.b_dec.copy_(mean)
             if not self.cfg.apply_b_dec_to_input:
                 # Centre the pre-activations as subtracting b_dec would.
